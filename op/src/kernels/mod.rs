@@ -1,0 +1,33 @@
+//! Pure kernels of LookatAttention. Nothing here knows about ONNX Runtime.
+
+mod adc;
+mod attention;
+mod encode;
+mod geometry;
+mod lut;
+mod softmax;
+mod value;
+
+pub use adc::adc_scores;
+pub use attention::{lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs};
+pub use encode::{encode_key, nearest_centroid};
+pub use geometry::{Geometry, LookatError, ShapeInputs};
+pub use lut::build_lut;
+pub use softmax::{masked_softmax_in_place, weighted_value_sum};
+pub use value::ValueElem;
+
+/// Runs `tasks` independent pieces of work, possibly on several threads.
+///
+/// The op runs on ONNX Runtime's intra-op pool through this trait; tests use [`Serial`].
+pub trait ParallelFor: Sync {
+    fn run(&self, tasks: usize, work: &(dyn Fn(usize) + Sync));
+}
+
+/// Runs every task on the calling thread, in order.
+pub struct Serial;
+
+impl ParallelFor for Serial {
+    fn run(&self, tasks: usize, work: &(dyn Fn(usize) + Sync)) {
+        (0..tasks).for_each(work);
+    }
+}

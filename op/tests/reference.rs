@@ -1,0 +1,563 @@
+//! Kernels against a naive f64 reference written here (it calls no kernel code), on random inputs.
+//!
+//! Error bound: every output element differs from the f64 reference by at most 1e-4. Inputs are
+//! drawn so that values lie in [-1, 1] and attention scores stay within about ±10, where f32
+//! rounding of sums over at most 305 tokens and 64 dimensions stays below 1e-5; the bound leaves a
+//! 10x margin. Float16 values are compared against a reference that rounds them to f16 the same way
+//! (IEEE round-to-nearest, through the `half` crate), so the bound covers the kernel's arithmetic,
+//! not the storage format.
+
+use half::f16;
+use lookat_op::kernels::{lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs};
+use lookat_op::{Geometry, LookatError, ParallelFor, Serial, ValueElem};
+
+const TOLERANCE: f64 = 1e-4;
+
+/// SplitMix64: small, seeded, good enough for test data.
+struct Rng(u64);
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    fn vec(&mut self, n: usize, amp: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform() * amp).collect()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    b: usize,
+    h: usize,
+    d: usize,
+    p: usize,
+    s: usize,
+    m: usize,
+    k: usize,
+    masked: bool,
+    exact_current: bool,
+}
+
+struct Data {
+    g: Geometry,
+    query: Vec<f32>,
+    key: Vec<f32>,
+    value: Vec<f32>,
+    past_codes: Vec<u8>,
+    past_value: Vec<f32>,
+    mask: Option<Vec<i64>>,
+    codebooks: Vec<f32>,
+}
+
+fn make_data(c: Case, rng: &mut Rng) -> Data {
+    let e = c.h * c.d;
+    let t = c.p + c.s;
+    // Left padding: batch row b has b*3 padded positions (capped so each row keeps real tokens).
+    let mask = c.masked.then(|| {
+        (0..c.b)
+            .flat_map(|b| {
+                let pad = (b * 3).min(t.saturating_sub(1));
+                (0..t).map(move |i| i64::from(i >= pad))
+            })
+            .collect()
+    });
+    Data {
+        g: Geometry {
+            batch: c.b,
+            heads: c.h,
+            head_dim: c.d,
+            new_tokens: c.s,
+            past_tokens: c.p,
+            subspaces: c.m,
+            centroids: c.k,
+        },
+        query: rng.vec(c.b * c.s * e, 1.5),
+        key: rng.vec(c.b * c.s * e, 1.5),
+        value: rng.vec(c.b * c.s * e, 1.0),
+        past_codes: (0..c.b * c.h * c.p * c.m)
+            .map(|_| rng.below(c.k) as u8)
+            .collect(),
+        past_value: rng.vec(c.b * c.h * c.p * c.d, 1.0),
+        mask,
+        codebooks: rng.vec(c.h * c.m * c.k * (c.d / c.m), 1.5),
+    }
+}
+
+struct Run<V> {
+    output: Vec<f32>,
+    codes: Vec<u8>,
+    values: Vec<V>,
+}
+
+fn run_kernel<V: ValueElem>(
+    data: &Data,
+    opts: &AttentionOptions,
+    par: &dyn ParallelFor,
+) -> Result<Run<V>, LookatError> {
+    let g = &data.g;
+    let t = g.total_tokens();
+    let past_value: Vec<V> = data.past_value.iter().map(|&v| V::from_f32(v)).collect();
+    let mut run = Run {
+        output: vec![f32::NAN; g.batch * g.new_tokens * g.hidden()],
+        codes: vec![0xEE; g.batch * g.heads * t * g.subspaces],
+        values: vec![V::from_f32(f32::NAN); g.batch * g.heads * t * g.head_dim],
+    };
+    lookat_attention(
+        g,
+        opts,
+        &AttentionInputs {
+            query: &data.query,
+            key: &data.key,
+            value: &data.value,
+            past_key_codes: &data.past_codes,
+            past_value: &past_value,
+            attention_mask: data.mask.as_deref(),
+            codebooks: &data.codebooks,
+        },
+        AttentionOutputs {
+            output: &mut run.output,
+            present_key_codes: &mut run.codes,
+            present_value: &mut run.values,
+        },
+        par,
+    )?;
+    Ok(run)
+}
+
+fn subvector_dist2(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum()
+}
+
+/// Checks the present codes: past codes copied, each new code the nearest centroid (f64 distances,
+/// ties within 1e-5 accepted).
+fn check_codes(data: &Data, codes: &[u8]) {
+    let g = &data.g;
+    let (t_n, m, k, sub) = (g.total_tokens(), g.subspaces, g.centroids, g.sub_dim());
+    for b in 0..g.batch {
+        for h in 0..g.heads {
+            let bh = b * g.heads + h;
+            assert_eq!(
+                &codes[bh * t_n * m..][..g.past_tokens * m],
+                &data.past_codes[bh * g.past_tokens * m..][..g.past_tokens * m],
+                "past codes not copied for b={b} h={h}"
+            );
+            for s in 0..g.new_tokens {
+                let key =
+                    &data.key[(b * g.new_tokens + s) * g.hidden() + h * g.head_dim..][..g.head_dim];
+                for j in 0..m {
+                    let x = &key[j * sub..][..sub];
+                    let cent = |c: usize| &data.codebooks[((h * m + j) * k + c) * sub..][..sub];
+                    let best = (0..k)
+                        .map(|c| subvector_dist2(x, cent(c)))
+                        .fold(f64::INFINITY, f64::min);
+                    let chosen = codes[(bh * t_n + g.past_tokens + s) * m + j] as usize;
+                    assert!(chosen < k);
+                    let d = subvector_dist2(x, cent(chosen));
+                    assert!(
+                        d <= best + 1e-5 * (1.0 + best),
+                        "code of b={b} h={h} s={s} j={j} is {chosen} at distance {d}, best is {best}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Naive f64 attention over the given present codes (scores = Σ_j scale·q_j·C[code_j]) or, for
+/// `exact_current`, the raw keys of the new tokens.
+fn reference_output(
+    data: &Data,
+    codes: &[u8],
+    opts: &AttentionOptions,
+    round_f16: bool,
+) -> Vec<f64> {
+    let g = &data.g;
+    let (t_n, m, k, sub, d, e) = (
+        g.total_tokens(),
+        g.subspaces,
+        g.centroids,
+        g.sub_dim(),
+        g.head_dim,
+        g.hidden(),
+    );
+    let scale = opts.scale.map_or(1.0 / (d as f64).sqrt(), f64::from);
+    let store = |v: f32| -> f64 {
+        if round_f16 {
+            f16::from_f32(v).to_f64()
+        } else {
+            v as f64
+        }
+    };
+    let mut out = vec![0.0f64; g.batch * g.new_tokens * e];
+    for b in 0..g.batch {
+        for h in 0..g.heads {
+            let bh = b * g.heads + h;
+            let value_at = |t: usize, i: usize| -> f64 {
+                if t < g.past_tokens {
+                    store(data.past_value[(bh * g.past_tokens + t) * d + i])
+                } else {
+                    store(data.value[(b * g.new_tokens + t - g.past_tokens) * e + h * d + i])
+                }
+            };
+            for s in 0..g.new_tokens {
+                let q = &data.query[(b * g.new_tokens + s) * e + h * d..][..d];
+                let visible = g.past_tokens + s + 1;
+                let allowed = |t: usize| data.mask.as_ref().is_none_or(|mk| mk[b * t_n + t] != 0);
+                let mut scores = vec![f64::NEG_INFINITY; visible];
+                for (t, score) in scores.iter_mut().enumerate() {
+                    if !allowed(t) {
+                        continue;
+                    }
+                    let mut acc = 0.0f64;
+                    if opts.exact_current && t >= g.past_tokens {
+                        let key =
+                            &data.key[(b * g.new_tokens + t - g.past_tokens) * e + h * d..][..d];
+                        for i in 0..d {
+                            acc += q[i] as f64 * key[i] as f64;
+                        }
+                    } else {
+                        for j in 0..m {
+                            let c = codes[(bh * t_n + t) * m + j] as usize;
+                            let cent = &data.codebooks[((h * m + j) * k + c) * sub..][..sub];
+                            for i in 0..sub {
+                                acc += q[j * sub + i] as f64 * cent[i] as f64;
+                            }
+                        }
+                    }
+                    *score = acc * scale;
+                }
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                if max == f64::NEG_INFINITY {
+                    continue; // no visible token: output stays 0
+                }
+                let w: Vec<f64> = scores.iter().map(|&x| (x - max).exp()).collect();
+                let sum: f64 = w.iter().sum();
+                for i in 0..d {
+                    let acc: f64 = (0..visible).map(|t| w[t] * value_at(t, i)).sum();
+                    out[(b * g.new_tokens + s) * e + h * d + i] = acc / sum;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y).abs())
+        .fold(0.0, f64::max)
+}
+
+fn check_case<V: ValueElem>(c: Case, rng: &mut Rng, round_f16: bool) {
+    let data = make_data(c, rng);
+    let opts = AttentionOptions {
+        scale: None,
+        exact_current: c.exact_current,
+    };
+    let run = run_kernel::<V>(&data, &opts, &Serial).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    check_codes(&data, &run.codes);
+    let reference = reference_output(&data, &run.codes, &opts, round_f16);
+    let err = max_abs_diff(&run.output, &reference);
+    assert!(err <= TOLERANCE, "{c:?} ({}): max |Δ| = {err:e}", V::NAME);
+    // Present values: past copied, new appended, both in storage precision.
+    let g = &data.g;
+    for b in 0..g.batch {
+        for h in 0..g.heads {
+            let bh = b * g.heads + h;
+            for t in 0..g.total_tokens() {
+                for i in 0..g.head_dim {
+                    let want = if t < g.past_tokens {
+                        data.past_value[(bh * g.past_tokens + t) * g.head_dim + i]
+                    } else {
+                        data.value[(b * g.new_tokens + t - g.past_tokens) * g.hidden()
+                            + h * g.head_dim
+                            + i]
+                    };
+                    let got = run.values[(bh * g.total_tokens() + t) * g.head_dim + i];
+                    assert_eq!(
+                        got.to_f32(),
+                        V::from_f32(want).to_f32(),
+                        "{c:?} present value"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matches_f64_reference_over_the_issue_grid() {
+    let mut rng = Rng(0x10c4a7);
+    let mut cases = 0;
+    for b in [1, 3] {
+        for h in [1, 4, 12] {
+            for p in [0, 1, 17, 300] {
+                for s in [1, 5] {
+                    for m in [1, 2, 4, 8, 16, 32, 64] {
+                        for k in [16, 256] {
+                            for masked in [false, true] {
+                                let c = Case {
+                                    b,
+                                    h,
+                                    d: 64,
+                                    p,
+                                    s,
+                                    m,
+                                    k,
+                                    masked,
+                                    exact_current: false,
+                                };
+                                // Alternate the value type so both are covered on the whole grid.
+                                if (cases % 2) == 0 {
+                                    check_case::<f32>(c, &mut rng, false);
+                                } else {
+                                    check_case::<f16>(c, &mut rng, true);
+                                }
+                                cases += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 2 * 3 * 4 * 2 * 7 * 2 * 2);
+}
+
+#[test]
+fn both_value_types_and_exact_current_on_a_smaller_grid() {
+    let mut rng = Rng(7);
+    for (p, s, m, d, k, masked) in [
+        (0, 5, 4, 64, 256, true),
+        (17, 1, 8, 64, 16, false),
+        (300, 5, 64, 64, 256, true),
+        (9, 3, 16, 16, 64, true),
+        (4, 2, 3, 12, 5, false),
+    ] {
+        for exact_current in [false, true] {
+            let c = Case {
+                b: 3,
+                h: 4,
+                d,
+                p,
+                s,
+                m,
+                k,
+                masked,
+                exact_current,
+            };
+            check_case::<f32>(c, &mut rng, false);
+            check_case::<f16>(c, &mut rng, true);
+        }
+    }
+}
+
+/// Keys that are exact concatenations of centroids lose nothing to quantization: the op must then
+/// equal exact softmax attention computed on the keys themselves.
+#[test]
+fn lossless_when_keys_are_centroids() {
+    let mut rng = Rng(99);
+    for (b, h, p, s, m, k, masked) in [
+        (1, 4, 0, 5, 4, 256, false),
+        (3, 12, 17, 1, 8, 16, true),
+        (2, 4, 300, 5, 64, 256, true),
+        (1, 1, 1, 1, 1, 256, false),
+        (2, 4, 40, 5, 2, 16, false),
+    ] {
+        let d = 64;
+        let c = Case {
+            b,
+            h,
+            d,
+            p,
+            s,
+            m,
+            k,
+            masked,
+            exact_current: false,
+        };
+        let mut data = make_data(c, &mut rng);
+        let sub = d / m;
+        let e = h * d;
+        // Every past key is a random choice of centroids; keep the full keys for the reference.
+        let mut past_keys = vec![0.0f32; b * h * p * d];
+        for bh in 0..b * h {
+            let head = bh % h;
+            for t in 0..p {
+                for j in 0..m {
+                    let code = data.past_codes[(bh * p + t) * m + j] as usize;
+                    let cent = &data.codebooks[((head * m + j) * k + code) * sub..][..sub];
+                    past_keys[(bh * p + t) * d + j * sub..][..sub].copy_from_slice(cent);
+                }
+            }
+        }
+        // New keys too.
+        for bs in 0..b * s {
+            for head in 0..h {
+                for j in 0..m {
+                    let code = rng.below(k);
+                    let cent = data.codebooks[((head * m + j) * k + code) * sub..][..sub].to_vec();
+                    data.key[bs * e + head * d + j * sub..][..sub].copy_from_slice(&cent);
+                }
+            }
+        }
+        let run = run_kernel::<f32>(&data, &AttentionOptions::default(), &Serial).unwrap();
+        // Exact attention, f64, on real keys.
+        let scale = 1.0 / (d as f64).sqrt();
+        let t_n = p + s;
+        for bi in 0..b {
+            for head in 0..h {
+                let bh = bi * h + head;
+                let key_at = |t: usize, i: usize| -> f64 {
+                    if t < p {
+                        past_keys[(bh * p + t) * d + i] as f64
+                    } else {
+                        data.key[(bi * s + t - p) * e + head * d + i] as f64
+                    }
+                };
+                let value_at = |t: usize, i: usize| -> f64 {
+                    if t < p {
+                        data.past_value[(bh * p + t) * d + i] as f64
+                    } else {
+                        data.value[(bi * s + t - p) * e + head * d + i] as f64
+                    }
+                };
+                for si in 0..s {
+                    let q = &data.query[(bi * s + si) * e + head * d..][..d];
+                    let visible: Vec<usize> = (0..=p + si)
+                        .filter(|&t| data.mask.as_ref().is_none_or(|mk| mk[bi * t_n + t] != 0))
+                        .collect();
+                    let scores: Vec<f64> = visible
+                        .iter()
+                        .map(|&t| (0..d).map(|i| q[i] as f64 * key_at(t, i)).sum::<f64>() * scale)
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let w: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                    let sum: f64 = w.iter().sum();
+                    for i in 0..d {
+                        let want: f64 = visible
+                            .iter()
+                            .zip(&w)
+                            .map(|(&t, wt)| wt * value_at(t, i))
+                            .sum::<f64>()
+                            / sum;
+                        let got = run.output[(bi * s + si) * e + head * d + i] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5,
+                            "lossless case b={b} h={h} p={p} s={s} m={m} k={k}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs tasks on scoped threads in a scrambled order.
+struct Threads(usize);
+impl ParallelFor for Threads {
+    fn run(&self, tasks: usize, work: &(dyn Fn(usize) + Sync)) {
+        std::thread::scope(|scope| {
+            for worker in 0..self.0 {
+                scope.spawn(move || {
+                    (0..tasks)
+                        .rev()
+                        .filter(|t| t % self.0 == worker)
+                        .for_each(work);
+                });
+            }
+        });
+    }
+}
+
+#[test]
+fn threaded_runs_equal_serial_runs_bit_for_bit() {
+    let mut rng = Rng(3);
+    let c = Case {
+        b: 3,
+        h: 12,
+        d: 64,
+        p: 50,
+        s: 5,
+        m: 8,
+        k: 256,
+        masked: true,
+        exact_current: false,
+    };
+    let data = make_data(c, &mut rng);
+    let opts = AttentionOptions::default();
+    let serial = run_kernel::<f16>(&data, &opts, &Serial).unwrap();
+    for threads in [2, 3, 8] {
+        let par = run_kernel::<f16>(&data, &opts, &Threads(threads)).unwrap();
+        assert_eq!(serial.output, par.output);
+        assert_eq!(serial.codes, par.codes);
+        assert_eq!(serial.values, par.values);
+    }
+}
+
+#[test]
+fn codes_beyond_the_codebook_are_refused() {
+    let mut rng = Rng(5);
+    let c = Case {
+        b: 2,
+        h: 2,
+        d: 64,
+        p: 4,
+        s: 1,
+        m: 4,
+        k: 16,
+        masked: false,
+        exact_current: false,
+    };
+    let mut data = make_data(c, &mut rng);
+    data.past_codes[(2 * 4 + 3) * 4 + 1] = 16; // batch 1, head 0, token 3, subspace 1
+    let err = run_kernel::<f32>(&data, &AttentionOptions::default(), &Serial)
+        .err()
+        .unwrap();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("past_key_codes") && msg.contains("code 16"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("batch 1, head 0, token 3, subspace 1"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn fully_padded_query_rows_give_zeros_not_nan() {
+    let mut rng = Rng(11);
+    let c = Case {
+        b: 1,
+        h: 2,
+        d: 64,
+        p: 0,
+        s: 4,
+        m: 4,
+        k: 16,
+        masked: false,
+        exact_current: false,
+    };
+    let mut data = make_data(c, &mut rng);
+    data.mask = Some(vec![0, 0, 1, 1]);
+    let run = run_kernel::<f32>(&data, &AttentionOptions::default(), &Serial).unwrap();
+    assert!(run.output[..2 * 128].iter().all(|&x| x == 0.0));
+    assert!(run.output[2 * 128..]
+        .iter()
+        .all(|x| x.is_finite() && *x != 0.0));
+}
