@@ -1,0 +1,518 @@
+//! One LookatAttention node of one session: attributes read at creation, compute per call.
+
+use std::ffi::{c_char, c_void, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use half::f16;
+use ort_sys::{ONNXTensorElementDataType, OrtKernelContext, OrtKernelInfo, OrtStatus, OrtValue};
+
+use super::api::{elem_name, Api, TensorInfo};
+use super::op::{input, output};
+use crate::kernels::{
+    lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs, Geometry, LookatError,
+    ParallelFor, ShapeInputs, ValueElem,
+};
+
+use ONNXTensorElementDataType::{
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT as FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 as INT64,
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 as UINT8,
+};
+
+pub(crate) struct LookatKernel {
+    api: Api,
+    /// "LookatAttention node 'name'", the prefix of every message.
+    node: String,
+    num_heads: i64,
+    options: AttentionOptions,
+    value_type: ONNXTensorElementDataType,
+    /// True when the codebooks are an initializer, checked once at creation.
+    codebooks_checked: bool,
+}
+
+/// Reads a string the two-call way (size, then bytes).
+unsafe fn node_name(api: Api, info: *const OrtKernelInfo) -> String {
+    let raw = api.raw();
+    let mut size = 0usize;
+    // SAFETY: info is valid; a null buffer asks for the size.
+    if !api.is_ok(unsafe { (raw.KernelInfo_GetNodeName)(info, std::ptr::null_mut(), &mut size) }) {
+        return String::new();
+    }
+    let mut buf = vec![0u8; size.max(1)];
+    // SAFETY: buf holds `size` bytes.
+    if !api.is_ok(unsafe {
+        (raw.KernelInfo_GetNodeName)(info, buf.as_mut_ptr() as *mut c_char, &mut size)
+    }) {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+impl LookatKernel {
+    /// Reads attributes and, when the codebooks are an initializer, checks them once.
+    ///
+    /// # Safety
+    /// `info` must be valid for the duration of the call.
+    pub unsafe fn create(
+        api: Api,
+        info: *const OrtKernelInfo,
+        value_type: ONNXTensorElementDataType,
+    ) -> Result<LookatKernel, String> {
+        let raw = api.raw();
+        // SAFETY: info is valid (caller).
+        let name = unsafe { node_name(api, info) };
+        let node = format!("LookatAttention node '{name}'");
+
+        let attr = |key: &str| CString::new(key).unwrap_or_default();
+        let mut num_heads = 0i64;
+        // SAFETY: info is valid; the name is a C string.
+        api.check(
+            unsafe {
+                (raw.KernelInfoGetAttribute_int64)(info, attr("num_heads").as_ptr(), &mut num_heads)
+            },
+            "",
+        )
+        .map_err(|_| format!("{node}: attribute 'num_heads' (int) is required"))?;
+        if num_heads < 1 {
+            return Err(format!(
+                "{node}: attribute 'num_heads' must be >= 1, got {num_heads}"
+            ));
+        }
+        let mut scale = 0f32;
+        // SAFETY: as above.
+        let scale = api
+            .is_ok(unsafe {
+                (raw.KernelInfoGetAttribute_float)(info, attr("scale").as_ptr(), &mut scale)
+            })
+            .then_some(scale);
+        if let Some(s) = scale {
+            if !s.is_finite() || s <= 0.0 {
+                return Err(format!(
+                    "{node}: attribute 'scale' must be finite and > 0, got {s}"
+                ));
+            }
+        }
+        let mut exact_current = 0i64;
+        // SAFETY: as above; absent means the default 0.
+        let _ = api.is_ok(unsafe {
+            (raw.KernelInfoGetAttribute_int64)(
+                info,
+                attr("exact_current").as_ptr(),
+                &mut exact_current,
+            )
+        });
+        if !(0..=1).contains(&exact_current) {
+            return Err(format!(
+                "{node}: attribute 'exact_current' must be 0 or 1, got {exact_current}"
+            ));
+        }
+
+        let mut kernel = LookatKernel {
+            api,
+            node,
+            num_heads,
+            options: AttentionOptions {
+                scale,
+                exact_current: exact_current == 1,
+            },
+            value_type,
+            codebooks_checked: false,
+        };
+
+        let mut is_constant = 0;
+        let mut value: *const OrtValue = std::ptr::null();
+        // SAFETY: info is valid; a constant input stays alive as long as the session.
+        let found = api.is_ok(unsafe {
+            (raw.KernelInfoGetConstantInput_tensor)(
+                info,
+                input::CODEBOOKS,
+                &mut is_constant,
+                &mut value,
+            )
+        });
+        if found && is_constant != 0 && !value.is_null() {
+            // SAFETY: value is a valid constant tensor.
+            unsafe { kernel.check_codebooks(value) }
+                .map_err(|e| format!("{}: {e}", kernel.node))?;
+            kernel.codebooks_checked = true;
+        }
+        Ok(kernel)
+    }
+
+    /// Shape, head count and finiteness of the codebooks. Non-finite codebooks are what an
+    /// uncalibrated rewritten model carries, so the message says what to do.
+    unsafe fn check_codebooks(&self, value: *const OrtValue) -> Result<(), String> {
+        // SAFETY: value is a valid tensor (caller).
+        let info = unsafe { self.api.tensor_info(value) }?;
+        expect_type("codebooks", &info, FLOAT)?;
+        if info.shape.len() != 4 {
+            return Err(format!(
+                "input 'codebooks' must have rank 4 [num_heads, subspaces, centroids, head_dim/subspaces], got shape {:?}",
+                info.shape
+            ));
+        }
+        if info.shape[0] != self.num_heads {
+            return Err(format!(
+                "input 'codebooks' has {} heads (shape {:?}), the node has num_heads={}",
+                info.shape[0], info.shape, self.num_heads
+            ));
+        }
+        if !(1..=256).contains(&info.shape[2]) {
+            return Err(format!(
+                "input 'codebooks' has {} centroids per subspace (shape {:?}); 1 to 256 allowed",
+                info.shape[2], info.shape
+            ));
+        }
+        let count = info.count();
+        // SAFETY: a float tensor of `count` elements.
+        let data = unsafe { slice::<f32>(self.api.tensor_data(value, count)?, count) };
+        if let Some(pos) = data.iter().position(|x| !x.is_finite()) {
+            return Err(format!(
+                "input 'codebooks' holds a non-finite value ({}) at flat index {pos}: a model rewritten \
+                 by lookat-rewrite carries NaN codebooks until lookat-calibrate fills them; calibrate it",
+                data[pos]
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs compute behind `catch_unwind`; the result is ORT's status (null = success).
+    pub fn compute_guarded(&self, ctx: *mut OrtKernelContext) -> *mut OrtStatus {
+        // SAFETY: ctx is the valid context of this call.
+        match catch_unwind(AssertUnwindSafe(|| unsafe { self.compute(ctx) })) {
+            Ok(Ok(())) => std::ptr::null_mut(),
+            Ok(Err(LookatError::InvalidArgument(m))) => self
+                .api
+                .invalid_argument_status(&format!("{}: {m}", self.node)),
+            Ok(Err(LookatError::Internal(m))) => {
+                self.api.error_status(&format!("{}: {m}", self.node))
+            }
+            Err(_) => self.api.error_status(&format!(
+                "{}: compute panicked (a bug in lookat)",
+                self.node
+            )),
+        }
+    }
+
+    unsafe fn compute(&self, ctx: *mut OrtKernelContext) -> Result<(), LookatError> {
+        let api = self.api;
+        let internal = LookatError::Internal;
+        let invalid = LookatError::InvalidArgument;
+
+        // SAFETY: ctx is valid for this call.
+        if unsafe { api.input(ctx, input::PAST_KEY_WINDOW) }
+            .map_err(internal)?
+            .is_some()
+        {
+            return Err(invalid(
+                "input 'past_key_window' is reserved for a later opset and must be left empty"
+                    .into(),
+            ));
+        }
+        let mut outputs = 0usize;
+        // SAFETY: as above.
+        api.check(
+            unsafe { (api.raw().KernelContext_GetOutputCount)(ctx, &mut outputs) },
+            "KernelContext_GetOutputCount",
+        )
+        .map_err(internal)?;
+        if outputs > output::PRESENT_KEY_WINDOW {
+            return Err(invalid(
+                "output 'present_key_window' is reserved for a later opset and must not be requested".into(),
+            ));
+        }
+
+        let required = |i: usize| -> Result<(*const OrtValue, TensorInfo), LookatError> {
+            // SAFETY: ctx is valid for this call.
+            let v = unsafe { api.input(ctx, i) }
+                .map_err(internal)?
+                .ok_or_else(|| invalid(format!("input '{}' is required", input::NAMES[i])))?;
+            // SAFETY: v is a valid input value.
+            let info = unsafe { api.tensor_info(v) }.map_err(internal)?;
+            Ok((v, info))
+        };
+        let query = required(input::QUERY)?;
+        let key = required(input::KEY)?;
+        let value = required(input::VALUE)?;
+        let past_codes = required(input::PAST_KEY_CODES)?;
+        let past_value = required(input::PAST_VALUE)?;
+        let codebooks = required(input::CODEBOOKS)?;
+        // SAFETY: as above.
+        let mask = match unsafe { api.input(ctx, input::ATTENTION_MASK) }.map_err(internal)? {
+            // SAFETY: v is a valid input value.
+            Some(v) => Some((v, unsafe { api.tensor_info(v) }.map_err(internal)?)),
+            None => None,
+        };
+
+        for (name, t, want) in [
+            ("query", &query.1, FLOAT),
+            ("key", &key.1, FLOAT),
+            ("value", &value.1, FLOAT),
+            ("past_key_codes", &past_codes.1, UINT8),
+            ("past_value", &past_value.1, self.value_type),
+            ("codebooks", &codebooks.1, FLOAT),
+        ] {
+            expect_type(name, t, want).map_err(invalid)?;
+        }
+        if let Some((_, t)) = &mask {
+            expect_type("attention_mask", t, INT64).map_err(invalid)?;
+        }
+
+        let g = Geometry::from_shapes(
+            &ShapeInputs {
+                query: &query.1.shape,
+                key: &key.1.shape,
+                value: &value.1.shape,
+                past_key_codes: &past_codes.1.shape,
+                past_value: &past_value.1.shape,
+                attention_mask: mask.as_ref().map(|(_, t)| t.shape.as_slice()),
+                codebooks: &codebooks.1.shape,
+            },
+            self.num_heads,
+        )?;
+        if !self.codebooks_checked {
+            // SAFETY: a valid float tensor input.
+            unsafe { self.check_codebooks(codebooks.0) }.map_err(invalid)?;
+        }
+
+        let t_n = g.total_tokens() as i64;
+        let out_shapes: [Vec<i64>; 3] = [
+            vec![g.batch as i64, g.new_tokens as i64, g.hidden() as i64],
+            vec![g.batch as i64, g.heads as i64, t_n, g.subspaces as i64],
+            vec![g.batch as i64, g.heads as i64, t_n, g.head_dim as i64],
+        ];
+        let mut out_values = [std::ptr::null_mut::<OrtValue>(); 3];
+        for (i, shape) in out_shapes.iter().enumerate() {
+            // SAFETY: ctx is valid; ORT allocates the output with this shape.
+            api.check(
+                unsafe {
+                    (api.raw().KernelContext_GetOutput)(
+                        ctx,
+                        i,
+                        shape.as_ptr(),
+                        shape.len(),
+                        &mut out_values[i],
+                    )
+                },
+                "KernelContext_GetOutput",
+            )
+            .map_err(internal)?;
+            if out_values[i].is_null() {
+                return Err(internal(format!("ORT returned no buffer for output {i}")));
+            }
+        }
+
+        let pool = OrtPool::new(api, ctx);
+        // SAFETY: every pointer below is a valid tensor of the checked type, with the element
+        // count its checked shape gives; inputs are only read, outputs are ours to write.
+        unsafe {
+            let q = input_slice::<f32>(api, &query)?;
+            let k = input_slice::<f32>(api, &key)?;
+            let v = input_slice::<f32>(api, &value)?;
+            let pc = input_slice::<u8>(api, &past_codes)?;
+            let cb = input_slice::<f32>(api, &codebooks)?;
+            let mk = match &mask {
+                Some(m) => Some(input_slice::<i64>(api, m)?),
+                None => None,
+            };
+            let out = output_slice::<f32>(api, out_values[0], &out_shapes[0])?;
+            let codes = output_slice::<u8>(api, out_values[1], &out_shapes[1])?;
+            if self.value_type == FLOAT {
+                run::<f32>(
+                    &g,
+                    &self.options,
+                    (q, k, v, pc, mk, cb),
+                    input_slice(api, &past_value)?,
+                    out,
+                    codes,
+                    output_slice(api, out_values[2], &out_shapes[2])?,
+                    &pool,
+                )?;
+            } else {
+                run::<f16>(
+                    &g,
+                    &self.options,
+                    (q, k, v, pc, mk, cb),
+                    input_slice(api, &past_value)?,
+                    out,
+                    codes,
+                    output_slice(api, out_values[2], &out_shapes[2])?,
+                    &pool,
+                )?;
+            }
+        }
+        pool.finish()
+    }
+}
+
+type CommonInputs<'a> = (
+    &'a [f32],
+    &'a [f32],
+    &'a [f32],
+    &'a [u8],
+    Option<&'a [i64]>,
+    &'a [f32],
+);
+
+#[allow(clippy::too_many_arguments)]
+fn run<V: ValueElem>(
+    g: &Geometry,
+    options: &AttentionOptions,
+    (query, key, value, past_key_codes, attention_mask, codebooks): CommonInputs<'_>,
+    past_value: &[V],
+    output: &mut [f32],
+    present_key_codes: &mut [u8],
+    present_value: &mut [V],
+    pool: &OrtPool,
+) -> Result<(), LookatError> {
+    lookat_attention(
+        g,
+        options,
+        &AttentionInputs {
+            query,
+            key,
+            value,
+            past_key_codes,
+            past_value,
+            attention_mask,
+            codebooks,
+        },
+        AttentionOutputs {
+            output,
+            present_key_codes,
+            present_value,
+        },
+        pool,
+    )
+}
+
+fn expect_type(name: &str, t: &TensorInfo, want: ONNXTensorElementDataType) -> Result<(), String> {
+    if t.elem == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "input '{name}' must be {}, got {}",
+            elem_name(want),
+            elem_name(t.elem)
+        ))
+    }
+}
+
+/// # Safety
+/// `ptr` must point at `len` initialised elements that outlive the returned slice.
+unsafe fn slice<'a, T>(ptr: *mut T, len: usize) -> &'a [T] {
+    // SAFETY: guaranteed by the caller.
+    unsafe { std::slice::from_raw_parts(ptr, len) }
+}
+
+/// # Safety
+/// `t.0` must be a valid tensor of element type `T` described by `t.1`.
+unsafe fn input_slice<'a, T>(
+    api: Api,
+    t: &(*const OrtValue, TensorInfo),
+) -> Result<&'a [T], LookatError> {
+    let n = t.1.count();
+    // SAFETY: guaranteed by the caller.
+    Ok(unsafe {
+        slice(
+            api.tensor_data::<T>(t.0, n)
+                .map_err(LookatError::Internal)?,
+            n,
+        )
+    })
+}
+
+/// # Safety
+/// `v` must be an output tensor of element type `T` just allocated with `shape`, written by no
+/// one else during the call.
+unsafe fn output_slice<'a, T>(
+    api: Api,
+    v: *mut OrtValue,
+    shape: &[i64],
+) -> Result<&'a mut [T], LookatError> {
+    let n: usize = shape.iter().map(|&d| d as usize).product();
+    let ptr = api.tensor_data::<T>(v, n).map_err(LookatError::Internal)?;
+    // SAFETY: guaranteed by the caller.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, n) })
+}
+
+/// Runs the kernel's tasks on ORT's intra-op thread pool. Panics inside a task are caught there
+/// (unwinding into ORT's C++ pool would abort the host) and reported after the pool returns.
+struct OrtPool {
+    api: Api,
+    ctx: *const OrtKernelContext,
+    failure: Mutex<Option<String>>,
+}
+
+// SAFETY: ctx is only used by the thread that runs this compute (the pool call itself); the
+// tasks never touch it.
+unsafe impl Sync for OrtPool {}
+
+struct PoolJob<'a> {
+    work: &'a (dyn Fn(usize) + Sync),
+    panicked: AtomicBool,
+}
+
+unsafe extern "C" fn pool_task(data: *mut c_void, index: usize) {
+    // SAFETY: data is the PoolJob that outlives the ParallelFor call which runs this task.
+    let job = unsafe { &*(data as *const PoolJob<'_>) };
+    if catch_unwind(AssertUnwindSafe(|| (job.work)(index))).is_err() {
+        job.panicked.store(true, Ordering::Relaxed);
+    }
+}
+
+impl OrtPool {
+    fn new(api: Api, ctx: *const OrtKernelContext) -> OrtPool {
+        OrtPool {
+            api,
+            ctx,
+            failure: Mutex::new(None),
+        }
+    }
+
+    fn fail(&self, msg: String) {
+        let mut slot = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(msg);
+    }
+
+    fn finish(self) -> Result<(), LookatError> {
+        match self.failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            None => Ok(()),
+            Some(msg) => Err(LookatError::Internal(msg)),
+        }
+    }
+}
+
+impl ParallelFor for OrtPool {
+    fn run(&self, tasks: usize, work: &(dyn Fn(usize) + Sync)) {
+        if tasks <= 1 {
+            if catch_unwind(AssertUnwindSafe(|| (0..tasks).for_each(work))).is_err() {
+                self.fail("a kernel task panicked (a bug in lookat)".into());
+            }
+            return;
+        }
+        let job = PoolJob {
+            work,
+            panicked: AtomicBool::new(false),
+        };
+        // SAFETY: ctx is this compute's context; job outlives the call, which returns only when
+        // every task has finished. num_batch = 0 lets ORT split the work over its threads.
+        let status = unsafe {
+            (self.api.raw().KernelContext_ParallelFor)(
+                self.ctx,
+                pool_task,
+                tasks,
+                0,
+                &job as *const PoolJob<'_> as *mut c_void,
+            )
+        };
+        if let Err(msg) = self.api.check(status, "KernelContext_ParallelFor") {
+            self.fail(msg);
+        }
+        if job.panicked.load(Ordering::Relaxed) {
+            self.fail("a kernel task panicked (a bug in lookat)".into());
+        }
+    }
+}

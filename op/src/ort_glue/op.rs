@@ -1,0 +1,251 @@
+//! The `OrtCustomOp` tables of LookatAttention, one per value-cache type.
+//!
+//! ORT merges ops of one name into one schema and picks the kernel whose input types match the
+//! node, so float32 and float16 value caches are two tables that differ only in that type.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
+
+use ort_sys::{
+    ONNXTensorElementDataType, OrtApi, OrtCustomOp, OrtCustomOpDomain,
+    OrtCustomOpInputOutputCharacteristic, OrtKernelContext, OrtKernelInfo, OrtMemType,
+    OrtSessionOptions, OrtStatusPtr,
+};
+
+use super::api::Api;
+use super::kernel::LookatKernel;
+use super::MIN_API_VERSION;
+
+use ONNXTensorElementDataType::{
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT as FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 as FLOAT16,
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 as INT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 as UINT8,
+};
+
+/// Input order of the node (see docs/op-spec.md).
+pub(crate) mod input {
+    pub const QUERY: usize = 0;
+    pub const KEY: usize = 1;
+    pub const VALUE: usize = 2;
+    pub const PAST_KEY_CODES: usize = 3;
+    pub const PAST_VALUE: usize = 4;
+    pub const ATTENTION_MASK: usize = 5;
+    pub const CODEBOOKS: usize = 6;
+    /// Reserved for a full-precision window of recent keys; must be absent in opset 1.
+    pub const PAST_KEY_WINDOW: usize = 7;
+    pub const COUNT: usize = 8;
+    pub const NAMES: [&str; COUNT] = [
+        "query",
+        "key",
+        "value",
+        "past_key_codes",
+        "past_value",
+        "attention_mask",
+        "codebooks",
+        "past_key_window",
+    ];
+}
+
+/// Output order of the node.
+pub(crate) mod output {
+    pub const PRESENT_KEY_CODES: usize = 1;
+    pub const PRESENT_VALUE: usize = 2;
+    /// Reserved, pairs with `input::PAST_KEY_WINDOW`; must not be requested in opset 1.
+    pub const PRESENT_KEY_WINDOW: usize = 3;
+    pub const COUNT: usize = 4;
+}
+
+/// An `OrtCustomOp` followed by what our callbacks need to know about it. ORT hands the callbacks
+/// a pointer to the first field, which `#[repr(C)]` makes a pointer to the whole.
+#[repr(C)]
+pub(crate) struct LookatOp {
+    base: OrtCustomOp,
+    pub value_type: ONNXTensorElementDataType,
+}
+
+// SAFETY: the table holds function pointers and plain data, never mutated after creation.
+unsafe impl Sync for LookatOp {}
+// SAFETY: as above.
+unsafe impl Send for LookatOp {}
+
+const OP_NAME: &[u8] = b"LookatAttention\0";
+const PROVIDER: &[u8] = b"CPUExecutionProvider\0";
+const DOMAIN: &[u8] = b"com.lookat\0";
+
+fn this(op: *const OrtCustomOp) -> &'static LookatOp {
+    // SAFETY: ORT only calls back with the pointers we registered, which point at a LookatOp in
+    // a never-freed static.
+    unsafe { &*(op as *const LookatOp) }
+}
+
+unsafe extern "system" fn get_name(_: *const OrtCustomOp) -> *const c_char {
+    OP_NAME.as_ptr().cast()
+}
+unsafe extern "system" fn get_provider(_: *const OrtCustomOp) -> *const c_char {
+    PROVIDER.as_ptr().cast()
+}
+unsafe extern "system" fn input_count(_: *const OrtCustomOp) -> usize {
+    input::COUNT
+}
+unsafe extern "system" fn output_count(_: *const OrtCustomOp) -> usize {
+    output::COUNT
+}
+unsafe extern "system" fn input_type(
+    op: *const OrtCustomOp,
+    i: usize,
+) -> ONNXTensorElementDataType {
+    match i {
+        input::PAST_KEY_CODES => UINT8,
+        input::PAST_VALUE => this(op).value_type,
+        input::ATTENTION_MASK => INT64,
+        _ => FLOAT,
+    }
+}
+unsafe extern "system" fn output_type(
+    op: *const OrtCustomOp,
+    i: usize,
+) -> ONNXTensorElementDataType {
+    match i {
+        output::PRESENT_KEY_CODES => UINT8,
+        output::PRESENT_VALUE => this(op).value_type,
+        _ => FLOAT,
+    }
+}
+unsafe extern "system" fn input_characteristic(
+    _: *const OrtCustomOp,
+    i: usize,
+) -> OrtCustomOpInputOutputCharacteristic {
+    match i {
+        input::ATTENTION_MASK | input::PAST_KEY_WINDOW => {
+            OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+        }
+        _ => OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED,
+    }
+}
+unsafe extern "system" fn output_characteristic(
+    _: *const OrtCustomOp,
+    i: usize,
+) -> OrtCustomOpInputOutputCharacteristic {
+    match i {
+        output::PRESENT_KEY_WINDOW => OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL,
+        _ => OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED,
+    }
+}
+unsafe extern "system" fn input_memory_type(_: *const OrtCustomOp, _: usize) -> OrtMemType {
+    // ORT 1.31 dereferences this callback unconditionally: it must be filled.
+    OrtMemType::OrtMemTypeDefault
+}
+unsafe extern "system" fn variadic_min_arity(_: *const OrtCustomOp) -> c_int {
+    1
+}
+unsafe extern "system" fn variadic_homogeneity(_: *const OrtCustomOp) -> c_int {
+    1
+}
+unsafe extern "system" fn start_version(_: *const OrtCustomOp) -> c_int {
+    crate::OPSET_VERSION as c_int
+}
+unsafe extern "system" fn end_version(_: *const OrtCustomOp) -> c_int {
+    crate::OPSET_VERSION as c_int
+}
+
+unsafe extern "system" fn create_kernel(
+    op: *const OrtCustomOp,
+    api: *const OrtApi,
+    info: *const OrtKernelInfo,
+    kernel: *mut *mut c_void,
+) -> OrtStatusPtr {
+    // SAFETY: ORT passes the table of the version we declared; it lives for the process.
+    let Some(api) = (unsafe { api.as_ref() }).map(Api::from_table) else {
+        return OrtStatusPtr(std::ptr::null_mut()); // unreachable: ORT always passes its table
+    };
+    let value_type = this(op).value_type;
+    let created = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: info is valid during this call.
+        unsafe { LookatKernel::create(api, info, value_type) }
+    }));
+    match created {
+        Ok(Ok(k)) => {
+            // SAFETY: kernel is ORT's out-pointer.
+            unsafe { *kernel = Box::into_raw(Box::new(k)).cast() };
+            OrtStatusPtr(std::ptr::null_mut())
+        }
+        Ok(Err(msg)) => OrtStatusPtr(api.invalid_argument_status(&msg)),
+        Err(_) => OrtStatusPtr(
+            api.error_status("LookatAttention: kernel creation panicked (a bug in lookat)"),
+        ),
+    }
+}
+
+unsafe extern "system" fn compute(kernel: *mut c_void, ctx: *mut OrtKernelContext) -> OrtStatusPtr {
+    // SAFETY: kernel is what create_kernel returned; ORT may call compute from many threads at
+    // once, which LookatKernel allows (&self, Sync).
+    let k = unsafe { &*(kernel as *const LookatKernel) };
+    OrtStatusPtr(k.compute_guarded(ctx))
+}
+
+unsafe extern "system" fn destroy_kernel(kernel: *mut c_void) {
+    if !kernel.is_null() {
+        // SAFETY: kernel came from Box::into_raw in create_kernel and ORT destroys it once.
+        let _ = catch_unwind(|| drop(unsafe { Box::from_raw(kernel as *mut LookatKernel) }));
+    }
+}
+
+fn make_op(value_type: ONNXTensorElementDataType) -> LookatOp {
+    // SAFETY: OrtCustomOp holds a u32 and `Option`s of function pointers; all-zero is a valid value
+    // (0 and None). Fields that exist only in newer API versions (GetMayInplace & co.) stay None:
+    // ORT reads them only from ops that declare that newer version.
+    let mut base: OrtCustomOp = unsafe { std::mem::zeroed() };
+    base.version = MIN_API_VERSION;
+    // The V1 CreateKernel/KernelCompute stay None on purpose: ORT uses the V2 pair (which can
+    // return a status) only when the V1 KernelCompute is null, in several of its versions.
+    base.CreateKernelV2 = Some(create_kernel);
+    base.KernelComputeV2 = Some(compute);
+    base.KernelDestroy = Some(destroy_kernel);
+    base.GetName = Some(get_name);
+    base.GetExecutionProviderType = Some(get_provider);
+    base.GetInputType = Some(input_type);
+    base.GetInputTypeCount = Some(input_count);
+    base.GetOutputType = Some(output_type);
+    base.GetOutputTypeCount = Some(output_count);
+    base.GetInputCharacteristic = Some(input_characteristic);
+    base.GetOutputCharacteristic = Some(output_characteristic);
+    base.GetInputMemoryType = Some(input_memory_type);
+    base.GetVariadicInputMinArity = Some(variadic_min_arity);
+    base.GetVariadicInputHomogeneity = Some(variadic_homogeneity);
+    base.GetVariadicOutputMinArity = Some(variadic_min_arity);
+    base.GetVariadicOutputHomogeneity = Some(variadic_homogeneity);
+    base.GetStartVersion = Some(start_version);
+    base.GetEndVersion = Some(end_version);
+    LookatOp { base, value_type }
+}
+
+/// The op tables; every session keeps raw pointers to them, so they are never freed.
+static OPS: OnceLock<[LookatOp; 2]> = OnceLock::new();
+
+/// Adds a `com.lookat` domain holding both kernels to `options`.
+///
+/// # Safety
+/// `options` must be a valid `OrtSessionOptions`.
+pub(crate) unsafe fn register(api: Api, options: *mut OrtSessionOptions) -> Result<(), String> {
+    let ops = OPS.get_or_init(|| [make_op(FLOAT), make_op(FLOAT16)]);
+    let raw = api.raw();
+    let mut domain: *mut OrtCustomOpDomain = std::ptr::null_mut();
+    // SAFETY: DOMAIN is a C string; ORT copies it. The domain object is handed to ORT below and
+    // must outlive the sessions that use it, so it is deliberately never released.
+    api.check(
+        unsafe { (raw.CreateCustomOpDomain)(DOMAIN.as_ptr().cast(), &mut domain) },
+        "CreateCustomOpDomain",
+    )?;
+    for op in ops {
+        // SAFETY: the op lives in a static that is never dropped.
+        api.check(
+            unsafe { (raw.CustomOpDomain_Add)(domain, &op.base) },
+            "CustomOpDomain_Add",
+        )?;
+    }
+    // SAFETY: options is valid (caller).
+    api.check(
+        unsafe { (raw.AddCustomOpDomain)(options, domain) },
+        "AddCustomOpDomain",
+    )
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh machine: the project venv (.venv) with onnxruntime 1.31.1, and a
+# release build of the workspace (the plugin and the tools). Called by demo.sh and test.sh.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+cd "$LOOKAT_ROOT"
+
+python=python3.11
+command -v "$python" >/dev/null || { echo "setup: python3.11 is required (the onnxruntime wheel paths assume it)" >&2; exit 1; }
+command -v cargo >/dev/null || { echo "setup: cargo (Rust toolchain) is required" >&2; exit 1; }
+command -v nm >/dev/null || { apt-get update -qq && apt-get install -y -qq binutils; }
+
+stamp="$LOOKAT_VENV/.requirements.sha256"
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ ! -x "$LOOKAT_VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setup: creating $LOOKAT_VENV" >&2
+    "$python" -m venv "$LOOKAT_VENV"
+    "$LOOKAT_VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
+    echo "$want" > "$stamp"
+fi
+[ -f "$ORT_DYLIB_PATH" ] || { echo "setup: $ORT_DYLIB_PATH is missing from the onnxruntime wheel" >&2; exit 1; }
+
+cargo build --release --workspace --locked --quiet
+[ -f "$LOOKAT_OP_LIB" ] || { echo "setup: the plugin $LOOKAT_OP_LIB was not built" >&2; exit 1; }
