@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The README's test command (and CI's, through .ci/run): set up if needed, then every test.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+"$LOOKAT_ROOT/scripts/setup.sh"
+cd "$LOOKAT_ROOT"
+
+echo "== cargo fmt --check, clippy -D warnings"
+cargo fmt --all -- --check
+cargo clippy --release --workspace --all-targets --locked --quiet -- -D warnings
+
+echo "== cargo test (kernels, Rust host through ONNX Runtime)"
+cargo test --release --workspace --locked
+
+echo "== pytest (Python onnxruntime with the plugin, fixtures)"
+"$LOOKAT_VENV/bin/python" -m pytest -q tests/python
