@@ -19,9 +19,13 @@ fn repo_root() -> PathBuf {
 
 /// The ONNX Runtime shared library from the project venv (`ORT_DYLIB_PATH` overrides).
 pub fn ort_library() -> PathBuf {
-    let path = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).unwrap_or_else(|| {
-        repo_root().join(".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1")
-    });
+    let path = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            repo_root().join(
+                ".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1",
+            )
+        });
     assert!(
         path.is_file(),
         "ONNX Runtime library {} is missing: run scripts/setup.sh",
@@ -57,7 +61,9 @@ pub fn ort_env() -> &'static ort::environment::Environment {
 /// A session over `model` with the plugin registered.
 pub fn session(model: &[u8], threads: usize) -> ort::session::Session {
     let builder = ort::session::Session::builder(ort_env()).expect("session builder");
-    let builder = builder.with_intra_threads(threads).expect("intra-op threads");
+    let builder = builder
+        .with_intra_threads(threads)
+        .expect("intra-op threads");
     let mut builder = builder
         .with_operator_library(plugin_library())
         .expect("register the LookatAttention plugin");
@@ -122,7 +128,11 @@ pub struct OneNode {
 /// A model holding one LookatAttention node; codebooks as an initializer, mask as an input.
 pub fn one_node_model(spec: &OneNode) -> Vec<u8> {
     use Dim::{Fixed, Named};
-    let (h, d, m) = (spec.heads as i64, spec.head_dim as i64, spec.subspaces as i64);
+    let (h, d, m) = (
+        spec.heads as i64,
+        spec.head_dim as i64,
+        spec.subspaces as i64,
+    );
     let e = h * d;
     let mut node = NodeProto::new();
     node.op_type = "LookatAttention".into();
@@ -148,7 +158,11 @@ pub fn one_node_model(spec: &OneNode) -> Vec<u8> {
     graph.name = "lookat_one_node".into();
     graph.node.push(node);
     for name in ["query", "key", "value"] {
-        graph.input.push(value_info(name, DataType::FLOAT, &[Named("B"), Named("S"), Fixed(e)]));
+        graph.input.push(value_info(
+            name,
+            DataType::FLOAT,
+            &[Named("B"), Named("S"), Fixed(e)],
+        ));
     }
     graph.input.push(value_info(
         "past_key_codes",
@@ -160,13 +174,21 @@ pub fn one_node_model(spec: &OneNode) -> Vec<u8> {
         spec.value_type,
         &[Named("B"), Fixed(h), Named("P"), Fixed(d)],
     ));
-    graph.input.push(value_info("attention_mask", DataType::INT64, &[Named("B"), Named("T")]));
+    graph.input.push(value_info(
+        "attention_mask",
+        DataType::INT64,
+        &[Named("B"), Named("T")],
+    ));
     graph.initializer.push(float_initializer(
         "codebooks",
         &[h, m, spec.centroids as i64, d / m],
         &spec.codebooks,
     ));
-    graph.output.push(value_info("output", DataType::FLOAT, &[Named("B"), Named("S"), Fixed(e)]));
+    graph.output.push(value_info(
+        "output",
+        DataType::FLOAT,
+        &[Named("B"), Named("S"), Fixed(e)],
+    ));
     graph.output.push(value_info(
         "present_key_codes",
         DataType::UINT8,

@@ -18,7 +18,10 @@ const K: usize = 256;
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
     fn vec(&mut self, n: usize) -> Vec<f32> {
@@ -26,7 +29,9 @@ impl Lcg {
     }
 }
 
-fn decode_loop<V: ValueElem + ort::value::PrimitiveTensorElementType + std::fmt::Debug + PartialEq>(
+fn decode_loop<
+    V: ValueElem + ort::value::PrimitiveTensorElementType + std::fmt::Debug + PartialEq,
+>(
     value_type: DataType,
 ) {
     let mut rng = Lcg(42);
@@ -62,11 +67,19 @@ fn decode_loop<V: ValueElem + ort::value::PrimitiveTensorElementType + std::fmt:
             ])
             .expect("run LookatAttention in ONNX Runtime");
         let (out_shape, out) = outputs["output"].try_extract_tensor::<f32>().unwrap();
-        let (codes_shape, codes) = outputs["present_key_codes"].try_extract_tensor::<u8>().unwrap();
+        let (codes_shape, codes) = outputs["present_key_codes"]
+            .try_extract_tensor::<u8>()
+            .unwrap();
         let (values_shape, values) = outputs["present_value"].try_extract_tensor::<V>().unwrap();
         assert_eq!(&**out_shape, &[b as i64, s as i64, e as i64]);
-        assert_eq!(&**codes_shape, &[b as i64, H as i64, (p + s) as i64, M as i64]);
-        assert_eq!(&**values_shape, &[b as i64, H as i64, (p + s) as i64, D as i64]);
+        assert_eq!(
+            &**codes_shape,
+            &[b as i64, H as i64, (p + s) as i64, M as i64]
+        );
+        assert_eq!(
+            &**values_shape,
+            &[b as i64, H as i64, (p + s) as i64, D as i64]
+        );
 
         // The same call on the pure kernel.
         let g = Geometry {

@@ -11,21 +11,12 @@ use super::{
 };
 
 /// Attribute values of the node.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct AttentionOptions {
     /// Softmax scale; `None` means `1/sqrt(head_dim)`.
     pub scale: Option<f32>,
     /// Score the keys of this call's own tokens exactly (`q·k`) instead of through their codes.
     pub exact_current: bool,
-}
-
-impl Default for AttentionOptions {
-    fn default() -> Self {
-        AttentionOptions {
-            scale: None,
-            exact_current: false,
-        }
-    }
 }
 
 /// Flat, row-major input buffers; shapes are in [`Geometry`] and `docs/op-spec.md`.

@@ -106,7 +106,7 @@ impl Geometry {
             "[batch, new_tokens, num_heads*head_dim]",
         )?;
         let (batch, new_tokens, hidden) = (q[0], q[1], q[2]);
-        if hidden == 0 || hidden % heads != 0 {
+        if hidden == 0 || !hidden.is_multiple_of(heads) {
             return Err(invalid(format!(
                 "input 'query' last dimension {hidden} is not a positive multiple of num_heads={heads}"
             )));
@@ -135,7 +135,8 @@ impl Geometry {
                 s.codebooks
             )));
         }
-        if subspaces == 0 || head_dim % subspaces != 0 || subspaces * sub_dim != head_dim {
+        if subspaces == 0 || !head_dim.is_multiple_of(subspaces) || subspaces * sub_dim != head_dim
+        {
             return Err(invalid(format!(
                 "input 'codebooks' shape {:?} does not split head_dim={head_dim} into subspaces: \
                  need subspaces dividing {head_dim} and last dimension head_dim/subspaces",
