@@ -230,3 +230,27 @@ def test_plugin_exports_only_register_custom_ops():
     ).stdout
     symbols = sorted(line.split()[-1] for line in out.splitlines() if line.strip())
     assert symbols == ["RegisterCustomOps"], symbols
+
+
+def test_absent_past_inputs_mean_an_empty_cache():
+    """Models without cache I/O leave inputs 3 and 4 empty: the same as P = 0."""
+    rng = np.random.default_rng(21)
+    cb = make_codebooks(rng, 16)
+    with_past = session(attention_model(H, D, M, 16, codebooks=cb, mask=False))
+    model = attention_model(H, D, M, 16, codebooks=cb, mask=False)
+    node = model.graph.node[0]
+    node.input[3] = ""
+    node.input[4] = ""
+    del model.graph.input[3:5]
+    without_past = session(model)
+    feeds = step_inputs(rng, 2, 4, np.zeros((2, H, 0, M), np.uint8), np.zeros((2, H, 0, D), np.float32), None)
+    want = with_past.run(None, feeds)
+    got = without_past.run(None, {k: feeds[k] for k in ("query", "key", "value")})
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    one_only = attention_model(H, D, M, 16, codebooks=cb, mask=False)
+    one_only.graph.node[0].input[3] = ""
+    del one_only.graph.input[3]
+    feeds.pop("past_key_codes")
+    with pytest.raises(Exception, match="must be given together"):
+        session(one_only).run(None, feeds)

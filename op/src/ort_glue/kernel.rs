@@ -233,18 +233,37 @@ impl LookatKernel {
             let info = unsafe { api.tensor_info(v) }.map_err(internal)?;
             Ok((v, info))
         };
+        let optional = |i: usize| -> Result<Option<(*const OrtValue, TensorInfo)>, LookatError> {
+            // SAFETY: ctx is valid for this call.
+            match unsafe { api.input(ctx, i) }.map_err(internal)? {
+                // SAFETY: v is a valid input value.
+                Some(v) => Ok(Some((v, unsafe { api.tensor_info(v) }.map_err(internal)?))),
+                None => Ok(None),
+            }
+        };
         let query = required(input::QUERY)?;
         let key = required(input::KEY)?;
         let value = required(input::VALUE)?;
-        let past_codes = required(input::PAST_KEY_CODES)?;
-        let past_value = required(input::PAST_VALUE)?;
         let codebooks = required(input::CODEBOOKS)?;
-        // SAFETY: as above.
-        let mask = match unsafe { api.input(ctx, input::ATTENTION_MASK) }.map_err(internal)? {
-            // SAFETY: v is a valid input value.
-            Some(v) => Some((v, unsafe { api.tensor_info(v) }.map_err(internal)?)),
-            None => None,
+        // Both past inputs absent means an empty cache (P = 0), as a model without cache I/O has.
+        let past_codes_in = optional(input::PAST_KEY_CODES)?;
+        let past_value_in = optional(input::PAST_VALUE)?;
+        let (past_codes, past_value) = match (past_codes_in, past_value_in) {
+            (Some(c), Some(v)) => (c, v),
+            (None, None) => {
+                let (b, e) = (query.1.shape.first().copied().unwrap_or(0), query.1.shape.last().copied().unwrap_or(0));
+                let m = codebooks.1.shape.get(1).copied().unwrap_or(0);
+                let d = if self.num_heads > 0 { e / self.num_heads } else { 0 };
+                let empty = |elem, last| (std::ptr::null::<OrtValue>(), TensorInfo { elem, shape: vec![b, self.num_heads, 0, last] });
+                (empty(UINT8, m), empty(self.value_type, d))
+            }
+            _ => {
+                return Err(invalid(
+                    "inputs 'past_key_codes' and 'past_value' must be given together or both left empty".into(),
+                ))
+            }
         };
+        let mask = optional(input::ATTENTION_MASK)?;
 
         for (name, t, want) in [
             ("query", &query.1, FLOAT),

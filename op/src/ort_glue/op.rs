@@ -116,9 +116,10 @@ unsafe extern "system" fn input_characteristic(
     i: usize,
 ) -> OrtCustomOpInputOutputCharacteristic {
     match i {
-        input::ATTENTION_MASK | input::PAST_KEY_WINDOW => {
-            OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
-        }
+        input::PAST_KEY_CODES
+        | input::PAST_VALUE
+        | input::ATTENTION_MASK
+        | input::PAST_KEY_WINDOW => OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL,
         _ => OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED,
     }
 }
