@@ -19,8 +19,10 @@ pub struct AttentionBlock {
     pub value: String,
     /// Cache graph inputs/outputs, absent in exports without a cache.
     pub cache: Option<CacheIo>,
-    /// The `[B, S, E]` tensor that carries the merged heads to the output projection.
+    /// The tensor that carries the merged heads to the output projection.
     pub output: String,
+    /// Its rank: 3 for `[B, S, E]`, 2 for `[B*S, E]`.
+    pub output_rank: usize,
     /// The int64 `[B, P+S]` padding-mask graph input, when the model has one.
     pub mask: Option<String>,
     /// Softmax scale, when it is a constant in the graph (`None`: 1/sqrt(D) computed at run time).
@@ -155,9 +157,9 @@ pub fn cache_concat(
     Ok(Some((past.to_string(), cn.input[1].clone())))
 }
 
-/// `out = Reshape(Transpose(o4, perm 0,2,1,3), [B, S, E])`: returns `out`. Other readers of the
+/// `out = Reshape(Transpose(o4, perm 0,2,1,3), [B, S, E] | [B*S, E])`: returns `out` and its rank. Other readers of the
 /// intermediate tensors may only be `Shape` nodes (TorchScript's shape arithmetic).
-pub fn merge_heads(g: &GraphIndex<'_>, o4: &str) -> Result<String, Miss> {
+pub fn merge_heads(g: &GraphIndex<'_>, o4: &str) -> Result<(String, usize), Miss> {
     // TorchScript's sdpa export first reshapes the output to its own 4-D shape (a no-op).
     let mut o4 = o4.to_string();
     if let Ok(r) = only_consumer(g, &o4, "Reshape", "attention output") {
@@ -183,7 +185,19 @@ pub fn merge_heads(g: &GraphIndex<'_>, o4: &str) -> Result<String, Miss> {
         ));
     }
     let r = only_consumer(g, &tn.output[0], "Reshape", "merged heads")?;
-    Ok(g.node(r).output[0].clone())
+    let rn = g.node(r);
+    // [B, S, E] (TorchScript) or [B*S, E] (dynamo, feeding Gemm directly).
+    let rank = g.constant(&rn.input[1]).map(|v| v.len()).or_else(|| {
+        g.producer_op(&rn.input[1], "Concat")
+            .map(|c| g.node(c).input.len())
+    });
+    match rank {
+        Some(r @ (2 | 3)) => Ok((rn.output[0].clone(), r)),
+        _ => Err(format!(
+            "merged heads reshaped by '{}' to rank {rank:?}; expected [B,S,E] or [B*S,E]",
+            rn.name
+        )),
+    }
 }
 
 /// The single consumer of `t` of type `op`, all others being `Shape`.
@@ -203,23 +217,35 @@ fn only_consumer(g: &GraphIndex<'_>, t: &str, op: &str, what: &str) -> Result<us
     found.ok_or_else(|| format!("{what} '{t}' feeds no {op}"))
 }
 
-/// The int64 rank-2 graph input that the mask tensor depends on, if any.
+/// The padding-mask graph input the mask tensor depends on: an int64 rank-2 input that is not
+/// an embedding index (token and position ids are also int64 [B, S] and feed the mask's shape
+/// arithmetic). A name containing "mask" wins among several.
 pub fn mask_input(g: &GraphIndex<'_>, mask_tensor: &str) -> Option<String> {
-    g.input_ancestors(mask_tensor)
-        .into_iter()
-        .find(|name| {
-            g.graph.input.iter().any(|vi| {
-                vi.name == *name
-                    && vi.type_.as_ref().and_then(|t| match &t.value {
-                        Some(onnx_protobuf::type_proto::Value::TensorType(tt)) => Some(
-                            tt.elem_type == 7
-                                && tt.shape.as_ref().is_some_and(|s| s.dim.len() == 2),
-                        ),
-                        _ => None,
-                    }) == Some(true)
-            })
+    let is_int64_rank2 = |name: &str| {
+        g.graph.input.iter().any(|vi| {
+            vi.name == name
+                && matches!(
+                    vi.type_.as_ref().and_then(|t| t.value.as_ref()),
+                    Some(onnx_protobuf::type_proto::Value::TensorType(tt))
+                        if tt.elem_type == 7 && tt.shape.as_ref().is_some_and(|s| s.dim.len() == 2)
+                )
         })
-        .map(str::to_string)
+    };
+    let embedding_index = |name: &str| {
+        g.consumers(name).iter().any(|&c| {
+            let n = g.node(c);
+            is_op(n, "Gather")
+                && n.input.get(1).is_some_and(|i| i == name)
+                && g.initializer(&n.input[0]).is_some()
+        })
+    };
+    let mut found: Vec<&str> = g
+        .input_ancestors(mask_tensor)
+        .into_iter()
+        .filter(|n| is_int64_rank2(n) && !embedding_index(n))
+        .collect();
+    found.sort_by_key(|n| !n.contains("mask"));
+    found.first().map(|s| s.to_string())
 }
 
 /// Evidence that a mask (additive bias or boolean) is causal: it is built with a position
@@ -345,7 +371,7 @@ pub fn assemble(
              QKV width {width:?})"
         )),
     };
-    let output = merge_heads(g, o4)?;
+    let (output, output_rank) = merge_heads(g, o4)?;
     if masks.is_empty() {
         return Err("no mask reaches the scores: LookatAttention is causal, and this attention is not (no causal mask)".into());
     }
@@ -363,6 +389,7 @@ pub fn assemble(
         value,
         cache,
         output,
+        output_rank,
         mask: masks.iter().find_map(|m| mask_input(g, m)),
         scale,
         heads,

@@ -68,8 +68,8 @@ fn external_locations(model: &ModelProto) -> Vec<String> {
     locs
 }
 
-/// Writes `model` to `output` atomically. External-data files referenced by the model are linked
-/// (or copied) from `input_dir` next to the output when it lives elsewhere; an existing different
+/// Writes `model` to `output` atomically. External-data files referenced by the model are copied
+/// from `input_dir` next to the output when it lives elsewhere; an existing different
 /// file of the same name is an error, never overwritten.
 pub fn save(model: &ModelProto, input_dir: &Path, output: &Path) -> Result<()> {
     let out_abs = absolute(output)?;
@@ -101,10 +101,9 @@ pub fn save(model: &ModelProto, input_dir: &Path, output: &Path) -> Result<()> {
             if let Some(p) = dst.parent() {
                 fs::create_dir_all(p)?;
             }
-            if fs::hard_link(&src, &dst).is_err() {
-                fs::copy(&src, &dst)
-                    .with_context(|| format!("cannot copy external data '{}'", src.display()))?;
-            }
+            // A copy, not a hard link: onnx's checker refuses multiply-linked external data.
+            fs::copy(&src, &dst)
+                .with_context(|| format!("cannot copy external data '{}'", src.display()))?;
         }
     }
     let bytes = model

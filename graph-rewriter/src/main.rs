@@ -101,8 +101,12 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         println!("  pattern {p}: {n}");
     }
     println!(
-        "  nodes: {} -> {} ({} removed, {} LookatAttention added)",
-        report.nodes_before, report.nodes_after, report.nodes_removed, report.nodes_added
+        "  nodes: {} -> {} ({} removed, {} added: {} LookatAttention)",
+        report.nodes_before,
+        report.nodes_after,
+        report.nodes_removed,
+        report.nodes_added,
+        report.blocks.len()
     );
     if report.cache_io.is_empty() {
         println!("  no cache I/O (export without past/present)");

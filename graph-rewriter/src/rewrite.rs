@@ -198,8 +198,8 @@ pub fn rewrite(model: &mut ModelProto, opts: &Options) -> Result<Report> {
     }
     let graph = model.graph.as_ref().context("graph")?;
     report.nodes_after = graph.node.len();
-    report.nodes_added = blocks.len();
-    report.nodes_removed = nodes_before + blocks.len() - report.nodes_after;
+    report.nodes_added = blocks.len() + blocks.iter().filter(|b| b.output_rank == 2).count();
+    report.nodes_removed = nodes_before + report.nodes_added - report.nodes_after;
     let mut counts: HashMap<&str, usize> = HashMap::new();
     for b in &blocks {
         *counts.entry(b.pattern).or_default() += 1;
@@ -362,8 +362,14 @@ fn apply_block(
     while node.input.last().is_some_and(String::is_empty) {
         node.input.pop();
     }
+    // The op writes [B, S, E]; a model that flattens to [B*S, E] gets that Reshape back.
+    let op_output = if b.output_rank == 3 {
+        b.output.clone()
+    } else {
+        format!("lookat.{layer}.output")
+    };
     node.output = vec![
-        b.output.clone(),
+        op_output.clone(),
         codes_out.clone(),
         present_value_out.clone(),
     ];
@@ -373,6 +379,21 @@ fn apply_block(
         node.attribute.push(attribute_float("scale", s));
     }
     graph.node.push(node);
+    if b.output_rank == 2 {
+        let shape_name = format!("lookat.{layer}.flat_shape");
+        let mut shape = TensorProto::new();
+        shape.name = shape_name.clone();
+        shape.dims = vec![2];
+        shape.data_type = DataType::INT64 as i32;
+        shape.int64_data = vec![-1, (b.heads * b.head_dim) as i64];
+        graph.initializer.push(shape);
+        let mut flat = NodeProto::new();
+        flat.name = format!("lookat_flatten_{layer}");
+        flat.op_type = "Reshape".into();
+        flat.input = vec![op_output, shape_name];
+        flat.output = vec![b.output.clone()];
+        graph.node.push(flat);
+    }
     // Stale shape/type annotations of tensors whose producer changed.
     let produced: HashSet<&str> = [
         b.output.as_str(),

@@ -1,0 +1,275 @@
+"""lookat-rewrite on every fixture of models/manifest.json: the rewritten model passes the ONNX
+checker, loads in onnxruntime with the plugin, and with near-lossless codebooks (m = D, K = 256,
+per-dimension quantiles of that model's own keys on other text) continues a 32-token prompt for
+16 greedy tokens exactly as the original does."""
+
+import hashlib
+import json
+import os
+import pathlib
+import subprocess
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+from lookat_testlib import ROOT, plugin_path
+
+MANIFEST = ROOT / "models" / "manifest.json"
+REWRITE = ROOT / "target" / "release" / "lookat-rewrite"
+PROMPT, NEW_TOKENS = 32, 16
+# Largest |logit difference| allowed between original and rewritten, over every step. Measured
+# maxima are printed by the test; this bound leaves a wide margin over them (see docs).
+LOGIT_BOUND = 0.05
+
+
+def fixtures():
+    if not MANIFEST.is_file():
+        raise FileNotFoundError(f"{MANIFEST} is missing: the fixtures are part of the repository")
+    return json.loads(MANIFEST.read_text())["fixtures"]
+
+
+def rewrite(src, dst, *args, check=True):
+    if not REWRITE.is_file():
+        raise FileNotFoundError(f"{REWRITE} is missing: run scripts/setup.sh")
+    proc = subprocess.run([str(REWRITE), str(src), "-o", str(dst), *args], capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lookat-rewrite failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def plain_session(model_or_path):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    src = model_or_path if isinstance(model_or_path, (str, pathlib.Path)) else model_or_path.SerializeToString()
+    return ort.InferenceSession(str(src) if isinstance(src, pathlib.Path) else src, opts, providers=["CPUExecutionProvider"])
+
+
+def lookat_session(path):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.register_custom_ops_library(plugin_path())
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def lookat_nodes(model):
+    return [n for n in model.graph.node if n.domain == "com.lookat"]
+
+
+def collect_keys(original_path, rewritten, ids):
+    """Runs the original model with the key projections the LookatAttention nodes read as extra
+    outputs; returns one [tokens, H, D] array per node."""
+    model = onnx.load(str(original_path))
+    nodes = lookat_nodes(rewritten)
+    names = [n.input[1] for n in nodes]
+    for name in names:
+        model.graph.output.append(helper.make_empty_tensor_value_info(name))
+    sess = plain_session_with_dir(model, original_path)
+    feeds = step_feeds(sess, ids, past_len=0, past=empty_past(sess, ids.shape[0]))
+    outs = sess.run(names, feeds)
+    heads = [next(a.i for a in n.attribute if a.name == "num_heads") for n in nodes]
+    return [o.reshape(o.shape[0] * o.shape[1], h, -1) for o, h in zip(outs, heads)]
+
+
+def plain_session_with_dir(model, original_path):
+    # External data resolves relative to the model's directory: save a copy next to it.
+    tmp = pathlib.Path(original_path).with_name(f".collect-{os.getpid()}.onnx")
+    onnx.save(model, str(tmp))
+    try:
+        return plain_session(tmp)
+    finally:
+        tmp.unlink()
+
+
+def quantile_codebooks(keys, k=256):
+    """[H, D, K, 1] codebooks: per head and dimension, K quantiles of the collected values."""
+    levels = np.linspace(0, 1, k)
+    return np.quantile(keys, levels, axis=0).transpose(1, 2, 0)[..., None].astype(np.float32)
+
+
+def write_codebooks(rewritten, books, path):
+    inits = {t.name: t for t in rewritten.graph.initializer}
+    for i, book in enumerate(books):
+        t = inits[f"lookat.codebooks.{i}"]
+        assert tuple(t.dims) == book.shape, (t.dims, book.shape)
+        t.CopyFrom(numpy_helper.from_array(book, t.name))
+    onnx.save(rewritten, str(path))
+
+
+def step_feeds(sess, ids, past_len, past):
+    b, s = ids.shape
+    names = {i.name for i in sess.get_inputs()}
+    feeds = {"input_ids": ids}
+    if "attention_mask" in names:
+        feeds["attention_mask"] = np.ones((b, past_len + s), np.int64)
+    if "position_ids" in names:
+        feeds["position_ids"] = np.arange(past_len, past_len + s, dtype=np.int64)[None].repeat(b, 0)
+    feeds.update(past)
+    return feeds
+
+
+def empty_past(sess, batch):
+    past = {}
+    for i in sess.get_inputs():
+        if i.name.startswith("past_key_values."):
+            dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}[i.type]
+            past[i.name] = np.zeros((batch, i.shape[1], 0, i.shape[3]), dtype)
+    return past
+
+
+def greedy(sess, prompt, new_tokens):
+    """Greedy continuation; with cache I/O a prefill then one token per step, else full reruns.
+    Returns (tokens, logits of every step's last position)."""
+    names = [o.name for o in sess.get_outputs()]
+    has_cache = any(n.startswith("present.") for n in names)
+    ids = prompt
+    tokens, logits_seen = [], []
+    past, past_len, feed_ids = empty_past(sess, 1), 0, prompt
+    for _ in range(new_tokens):
+        if has_cache:
+            outs = dict(zip(names, sess.run(None, step_feeds(sess, feed_ids, past_len, past))))
+            past_len += feed_ids.shape[1]
+            past = {
+                n.replace("present.", "past_key_values.", 1): v for n, v in outs.items() if n.startswith("present.")
+            }
+        else:
+            outs = dict(zip(names, sess.run(None, step_feeds(sess, ids, 0, {}))))
+        last = outs["logits"][0, -1]
+        nxt = int(last.argmax())
+        tokens.append(nxt)
+        logits_seen.append(last)
+        ids = np.concatenate([ids, [[nxt]]], axis=1)
+        feed_ids = np.array([[nxt]], np.int64)
+    return tokens, np.stack(logits_seen)
+
+
+FIXTURES = fixtures()
+
+
+@pytest.mark.parametrize("fx", FIXTURES, ids=[f["path"].split("fixtures/")[-1] for f in FIXTURES])
+def test_rewritten_fixture_generates_like_the_original(fx, tmp_path):
+    src = ROOT / fx["path"]
+    head = fx["config"]["head_size"]
+    dst = tmp_path / "rewritten.onnx"
+    proc = rewrite(src, dst, "--subspaces", str(head), "--centroids", "256")
+    assert "rewrote" in proc.stdout and "LookatAttention)" in proc.stdout, proc.stdout
+
+    onnx.checker.check_model(str(dst), full_check=True)
+    rewritten = onnx.load(str(dst))
+    n_layer = fx["config"]["n_layer"]
+    assert len(lookat_nodes(rewritten)) == n_layer
+    assert not any(n.op_type in ("Softmax", "Attention") and n.domain in ("", "ai.onnx") for n in rewritten.graph.node)
+    io = {v.name: v.type.tensor_type.elem_type for v in list(rewritten.graph.input) + list(rewritten.graph.output)}
+    if fx["kv_cache"]:
+        for i in range(n_layer):
+            assert io[f"past_key_values.{i}.key_codes"] == onnx.TensorProto.UINT8
+            assert io[f"present.{i}.key_codes"] == onnx.TensorProto.UINT8
+            assert f"past_key_values.{i}.key" not in io and f"present.{i}.key" not in io
+
+    # Uncalibrated: onnxruntime refuses to build a session, naming the fix.
+    with pytest.raises(Exception, match="lookat-calibrate"):
+        lookat_session(dst)
+
+    vocab = fx["config"]["vocab_size"]
+    n_pos = fx["config"]["n_positions"]
+    rng = np.random.default_rng(17)
+    calib_ids = rng.integers(0, vocab, (2, min(96, n_pos)), dtype=np.int64)
+    keys = collect_keys(src, rewritten, calib_ids)
+    calibrated = tmp_path / "calibrated.onnx"
+    write_codebooks(rewritten, [quantile_codebooks(k) for k in keys], calibrated)
+
+    prompt = rng.integers(0, vocab, (1, PROMPT), dtype=np.int64)
+    want_tokens, want_logits = greedy(plain_session(src), prompt, NEW_TOKENS)
+    got_tokens, got_logits = greedy(lookat_session(calibrated), prompt, NEW_TOKENS)
+    diff = float(np.abs(got_logits - want_logits).max())
+    print(f"{fx['path']}: max |dlogit| {diff:.2e}, tokens equal: {got_tokens == want_tokens}")
+    assert diff <= LOGIT_BOUND, f"max |dlogit| {diff}"
+    assert got_tokens == want_tokens
+
+
+def first_fixture(kind):
+    for f in FIXTURES:
+        if kind(f):
+            return ROOT / f["path"], f
+    raise AssertionError("no fixture of the needed kind in the manifest")
+
+
+def sha(path):
+    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+def test_float16_value_cache(tmp_path):
+    src, fx = first_fixture(lambda f: f["kv_cache"] and f["exporter"] == "dynamo")
+    dst = tmp_path / "f16.onnx"
+    out = rewrite(src, dst, "--subspaces", str(fx["config"]["head_size"]), "--value-dtype", "f16").stdout
+    assert "float16" in out
+    model = onnx.load(str(dst))
+    io = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.input) + list(model.graph.output)}
+    assert io["past_key_values.0.value"] == onnx.TensorProto.FLOAT16
+    assert io["present.0.value"] == onnx.TensorProto.FLOAT16
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, fx["config"]["vocab_size"], (2, 64), dtype=np.int64)
+    keys = collect_keys(src, model, ids)
+    write_codebooks(model, [quantile_codebooks(k) for k in keys], tmp_path / "f16-cal.onnx")
+    prompt = rng.integers(0, fx["config"]["vocab_size"], (1, PROMPT), dtype=np.int64)
+    want, want_logits = greedy(plain_session(src), prompt, 8)
+    got, got_logits = greedy(lookat_session(tmp_path / "f16-cal.onnx"), prompt, 8)
+    assert got == want
+    assert np.abs(got_logits - want_logits).max() <= LOGIT_BOUND
+
+
+def test_rewriting_a_rewritten_model_writes_nothing(tmp_path):
+    src, fx = first_fixture(lambda f: f["kv_cache"])
+    once = tmp_path / "once.onnx"
+    rewrite(src, once, "--subspaces", "4")
+    twice = tmp_path / "twice.onnx"
+    proc = rewrite(once, twice, "--subspaces", "4", check=False)
+    assert proc.returncode == 2
+    assert "nothing to rewrite" in proc.stderr and "LookatAttention" in proc.stderr
+    assert not twice.exists()
+
+
+def test_attention_without_causal_mask_is_refused(tmp_path):
+    src, fx = first_fixture(lambda f: f["kv_cache"] and f["exporter"] == "dynamo" and f["attn_implementation"] == "eager")
+    model = onnx.load(str(src))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for sm in [n for n in model.graph.node if n.op_type == "Softmax"]:
+        add = producers[sm.input[0]]
+        assert add.op_type == "Add"
+        sm.input[0] = add.input[0]  # scores straight into Softmax: no mask at all
+    bad = tmp_path / "no-causal.onnx"
+    onnx.save(model, str(bad))
+    out = tmp_path / "out.onnx"
+    proc = rewrite(bad, out, "--subspaces", "4", "--explain", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "causal" in proc.stderr and "no attention block found" in proc.stderr
+    assert not out.exists()
+
+
+def test_input_path_is_refused_as_output(tmp_path):
+    src, _ = first_fixture(lambda f: True)
+    copy = tmp_path / "model.onnx"
+    copy.write_bytes(src.read_bytes())
+    before = sha(copy)
+    proc = rewrite(copy, copy, "--subspaces", "4", check=False)
+    assert proc.returncode == 1 and "refusing to overwrite" in proc.stderr
+    proc = rewrite(copy, tmp_path / "." / "model.onnx", "--subspaces", "4", check=False)
+    assert proc.returncode == 1
+    assert sha(copy) == before
+
+
+def test_bad_subspaces_name_the_argument(tmp_path):
+    src, fx = first_fixture(lambda f: True)
+    proc = rewrite(src, tmp_path / "x.onnx", "--subspaces", "7", check=False)
+    assert proc.returncode == 1 and "--subspaces 7 does not divide the head size" in proc.stderr
+    proc = rewrite(src, tmp_path / "x.onnx", "--subspaces", "4", "--centroids", "300", check=False)
+    assert proc.returncode == 1 and "--centroids must be in 1..=256" in proc.stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_help_documents_every_flag():
+    out = subprocess.run([str(REWRITE), "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in ["--output", "--subspaces", "--centroids", "--value-dtype", "--explain", "key_codes", "lookat-calibrate"]:
+        assert flag in out, flag
