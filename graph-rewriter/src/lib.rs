@@ -14,5 +14,6 @@ pub mod patterns;
 pub mod rewrite;
 
 pub use rewrite::{
-    codebooks_name, codes_name, find_blocks, rewrite, Options, Refusal, Report, ValueDtype,
+    codebooks_name, codes_name, find_blocks, prune_to_outputs, rewrite, Options, Refusal, Report,
+    ValueDtype,
 };

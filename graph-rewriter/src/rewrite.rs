@@ -475,7 +475,7 @@ fn apply_block(
 }
 
 /// Keeps only nodes that some graph output depends on; drops unused initializers and value_info.
-fn remove_dead(graph: &mut GraphProto) {
+pub fn remove_dead(graph: &mut GraphProto) {
     let producer: HashMap<String, usize> = graph
         .node
         .iter()
@@ -643,4 +643,19 @@ pub fn check_consistency(graph: &GraphProto) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Prunes a graph to what its outputs need, including graph inputs nothing reads any more
+/// (calibration keeps only the key projections of a model).
+pub fn prune_to_outputs(graph: &mut GraphProto) {
+    remove_dead(graph);
+    let read: HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().cloned())
+        .collect();
+    let outputs: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    graph
+        .input
+        .retain(|i| read.contains(&i.name) || outputs.contains(&i.name));
 }

@@ -1,0 +1,150 @@
+//! Token-by-token decoding through a GPT-2 export's cache I/O (`past_key_values.*` in,
+//! `present.*` out), for any cache element type (float32/float16 values, uint8 key codes).
+//! Exports without a cache are run on the whole sequence at every step.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use anyhow::{bail, Context, Result};
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor, TensorElementType};
+
+pub struct Decoder {
+    session: Session,
+    /// (input name, element type, dims) of each cache input.
+    cache_inputs: Vec<(String, TensorElementType, Vec<i64>)>,
+    other_inputs: Vec<String>,
+    past: HashMap<String, DynValue>,
+    history: Vec<i64>,
+}
+
+fn empty_cache(ty: TensorElementType, dims: &[i64]) -> Result<DynValue> {
+    let shape = [1usize, dims[1].max(0) as usize, 0, dims[3].max(0) as usize];
+    Ok(match ty {
+        TensorElementType::Float32 => Tensor::from_array((shape, Vec::<f32>::new()))?.into_dyn(),
+        TensorElementType::Float16 => {
+            Tensor::from_array((shape, Vec::<half::f16>::new()))?.into_dyn()
+        }
+        TensorElementType::Uint8 => Tensor::from_array((shape, Vec::<u8>::new()))?.into_dyn(),
+        other => bail!("cache input of element type {other:?} is not supported"),
+    })
+}
+
+impl Decoder {
+    pub fn new(session: Session) -> Result<Decoder> {
+        let mut cache_inputs = vec![];
+        let mut other_inputs = vec![];
+        for o in session.inputs() {
+            if o.name().starts_with("past_key_values.") {
+                let dims = o
+                    .dtype()
+                    .tensor_shape()
+                    .map(|s| s.to_vec())
+                    .unwrap_or_default();
+                let ty = o
+                    .dtype()
+                    .tensor_type()
+                    .context("cache input is not a tensor")?;
+                if dims.len() != 4 {
+                    bail!("cache input '{}' is not 4-D", o.name());
+                }
+                cache_inputs.push((o.name().to_string(), ty, dims));
+            } else {
+                other_inputs.push(o.name().to_string());
+            }
+        }
+        let mut d = Decoder {
+            session,
+            cache_inputs,
+            other_inputs,
+            past: HashMap::new(),
+            history: vec![],
+        };
+        d.reset()?;
+        Ok(d)
+    }
+
+    pub fn reset(&mut self) -> Result<()> {
+        self.history.clear();
+        self.past.clear();
+        for (name, ty, dims) in &self.cache_inputs {
+            self.past.insert(name.clone(), empty_cache(*ty, dims)?);
+        }
+        Ok(())
+    }
+
+    fn has_cache(&self) -> bool {
+        !self.cache_inputs.is_empty()
+    }
+
+    /// Appends `ids` and returns the logits of every new position (`ids.len() × vocab`).
+    pub fn step(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let past_len = if self.has_cache() {
+            self.history.len()
+        } else {
+            0
+        };
+        self.history.extend(ids.iter().map(|&t| t as i64));
+        let fed: Vec<i64> = if self.has_cache() {
+            ids.iter().map(|&t| t as i64).collect()
+        } else {
+            self.history.clone()
+        };
+        let s = fed.len();
+        let total = past_len + s;
+        let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![];
+        for name in &self.other_inputs {
+            let v: SessionInputValue<'_> = match name.as_str() {
+                "input_ids" => Tensor::from_array(([1, s], fed.clone()))?.into(),
+                "attention_mask" => Tensor::from_array(([1, total], vec![1i64; total]))?.into(),
+                "position_ids" => Tensor::from_array((
+                    [1, s],
+                    (past_len as i64..total as i64).collect::<Vec<_>>(),
+                ))?
+                .into(),
+                other => bail!("model input '{other}' is not one a GPT-2 export has"),
+            };
+            feed.push((Cow::Owned(name.clone()), v));
+        }
+        for (name, _, _) in &self.cache_inputs {
+            let v = self.past.remove(name).context("cache value missing")?;
+            feed.push((Cow::Owned(name.clone()), v.into()));
+        }
+        let mut outputs = self.session.run(feed)?;
+        let (shape, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
+        let vocab = *shape.last().context("logits have no shape")? as usize;
+        let rows: Vec<Vec<f32>> = logits
+            .chunks_exact(vocab)
+            .skip(s - ids.len())
+            .map(<[f32]>::to_vec)
+            .collect();
+        let present: Vec<String> = outputs
+            .keys()
+            .filter(|k| k.starts_with("present."))
+            .map(str::to_string)
+            .collect();
+        for name in present {
+            let v = outputs.remove(&name).context("present output vanished")?;
+            self.past
+                .insert(name.replacen("present.", "past_key_values.", 1), v);
+        }
+        Ok(rows)
+    }
+}
+
+pub fn argmax(x: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// log-softmax of a logit row, in f64.
+pub fn log_softmax(x: &[f32]) -> Vec<f64> {
+    let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = x.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
+    x.iter().map(|&v| v as f64 - lse).collect()
+}

@@ -1,6 +1,0 @@
-//! Skeleton only: this tool is not implemented yet (see the project's issues).
-
-fn main() {
-    eprintln!("lookat-calibrate: not implemented yet");
-    std::process::exit(2);
-}
