@@ -48,12 +48,17 @@ pub fn split_heads(
     x4: &str,
     what: &str,
 ) -> Result<(String, Option<HeadDims>), Miss> {
-    let t = g.producer_op(x4, "Transpose").ok_or_else(|| {
-        format!(
+    let Some(t) = g.producer_op(x4, "Transpose") else {
+        if is_rotary(g, x4) {
+            return Err(format!(
+                "{what}: rotary position embedding (Sin/Cos applied to the heads) is not supported"
+            ));
+        }
+        return Err(format!(
             "{what}: expected Transpose(perm 0,2,1,3) splitting heads, found {}",
             describe(g, x4)
-        )
-    })?;
+        ));
+    };
     let tn = g.node(t);
     if attr_ints(tn, "perm").as_deref() != Some(&[0, 2, 1, 3]) {
         return Err(format!(
@@ -66,6 +71,15 @@ pub fn split_heads(
         .ok_or_else(|| format!("{what}: expected Reshape to [B,S,H,D] before the Transpose"))?;
     let rn = g.node(r);
     Ok((rn.input[0].clone(), reshape_tail_dims(g, &rn.input[1])))
+}
+
+/// Rotary embeddings multiply the heads by Sin/Cos tables just before attention.
+fn is_rotary(g: &GraphIndex<'_>, x4: &str) -> bool {
+    g.ancestors(x4, 40)
+        .into_iter()
+        .any(|i| is_op(g.node(i), "Sin") || is_op(g.node(i), "Cos"))
+        || g.producer(x4)
+            .is_some_and(|i| g.node(i).op_type == "RotaryEmbedding")
 }
 
 /// The last two entries of a Reshape's target shape, each when it is a positive constant:
@@ -360,6 +374,13 @@ pub fn assemble(
         (None, None) => None,
         _ => return Err("only one of key and value has a cache Concat".into()),
     };
+    if let (Some((Some(hq), _)), Some((Some(hk), _))) = (q_dims, k_dims) {
+        if hq != hk {
+            return Err(format!(
+                "grouped-query attention ({hq} query heads, {hk} key/value heads) is not supported"
+            ));
+        }
+    }
     let (h, d) = q_dims.or(k_dims).unwrap_or((None, None));
     let width = g.producer(&query).and_then(|sp| fused_qkv_width(g, sp));
     let (heads, head_dim) = match (h, d, width) {
