@@ -82,11 +82,23 @@ impl std::fmt::Display for Refusal {
                     f,
                     "no attention block found. Looked for: {}.",
                     PATTERNS
-                        .map(|p| format!("{} (anchored on {})", p.0, p.1))
+                        .map(|p| format!(
+                            "{} (anchored on {}{})",
+                            p.0,
+                            if p.1.is_empty() {
+                                String::new()
+                            } else {
+                                format!("{}::", p.1)
+                            },
+                            p.2
+                        ))
                         .join(", ")
                 )?;
                 if misses.is_empty() {
-                    write!(f, "The graph has no Softmax or Attention node.")
+                    write!(
+                        f,
+                        "The graph has no Softmax, Attention or MultiHeadAttention node."
+                    )
                 } else {
                     writeln!(f, "Closest partial matches:")?;
                     for m in misses.iter().take(6) {
@@ -109,8 +121,8 @@ pub fn find_blocks(graph: &GraphProto) -> (Vec<AttentionBlock>, Vec<String>) {
     let mut misses = vec![];
     for (i, node) in graph.node.iter().enumerate() {
         let mut attempts = vec![];
-        for (name, anchor, matcher) in PATTERNS {
-            if !is_op(node, anchor) {
+        for (name, domain, anchor, matcher) in PATTERNS {
+            if !crate::patterns::is_anchor(node, domain, anchor) {
                 continue;
             }
             match matcher(&g, i) {
