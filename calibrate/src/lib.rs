@@ -7,6 +7,7 @@
 
 pub mod collect;
 pub mod decode;
+pub mod eval;
 pub mod kmeans;
 pub mod model;
 pub mod runtime;

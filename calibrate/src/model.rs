@@ -7,8 +7,10 @@ use onnx_protobuf::{tensor_proto::DataType, ModelProto, StringStringEntryProto};
 #[derive(Debug, Clone)]
 pub struct LookatLayer {
     pub node: String,
-    /// The `[B, S, H*D]` key projection the node reads (the same tensor exists in the original).
+    /// The `[B, S, H*D]` projections the node reads (the same tensors exist in the original).
+    pub query_tensor: String,
     pub key_tensor: String,
+    pub value_tensor: String,
     pub codebooks: String,
     pub heads: usize,
     pub subspaces: usize,
@@ -67,7 +69,9 @@ pub fn lookat_layers(model: &ModelProto) -> Result<Vec<LookatLayer>> {
         }
         layers.push(LookatLayer {
             node: n.name.clone(),
+            query_tensor: n.input[0].clone(),
             key_tensor: key,
+            value_tensor: n.input[2].clone(),
             codebooks: books,
             heads: heads as usize,
             subspaces: m as usize,
