@@ -561,3 +561,56 @@ fn fully_padded_query_rows_give_zeros_not_nan() {
         .iter()
         .all(|x| x.is_finite() && *x != 0.0));
 }
+
+/// The SIMD paths against the scalar reference on random rows of every length up to 67 (tails).
+#[test]
+fn simd_value_accumulation_matches_scalar() {
+    use lookat_op::kernels::simd;
+    let mut rng = Rng(77);
+    println!("SIMD level: {}", simd::simd_level());
+    for n in 0..68 {
+        let row: Vec<f32> = rng.vec(n, 3.0);
+        let row16: Vec<f16> = row.iter().map(|&x| f16::from_f32(x)).collect();
+        let start: Vec<f32> = rng.vec(n, 1.0);
+        let p = rng.uniform();
+        let (mut a, mut b) = (start.clone(), start.clone());
+        simd::axpy_f32(&mut a, p, &row);
+        simd::scalar::axpy_f32(&mut b, p, &row);
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                (x - y).abs() <= 1e-6 * (1.0 + y.abs()),
+                "f32 n={n}: {x} vs {y}"
+            );
+        }
+        let (mut a, mut b) = (start.clone(), start);
+        simd::axpy_f16(&mut a, p, &row16);
+        simd::scalar::axpy_f16(&mut b, p, &row16);
+        for (x, y) in a.iter().zip(&b) {
+            assert!(
+                (x - y).abs() <= 1e-6 * (1.0 + y.abs()),
+                "f16 n={n}: {x} vs {y}"
+            );
+        }
+    }
+}
+
+/// Long caches cross several token blocks and several query chunks (S = 37 > 16).
+#[test]
+fn long_prefill_and_decode_over_many_blocks() {
+    let mut rng = Rng(123);
+    for (p, s) in [(0, 37), (700, 1), (520, 20)] {
+        let c = Case {
+            b: 1,
+            h: 2,
+            d: 64,
+            p,
+            s,
+            m: 8,
+            k: 64,
+            masked: true,
+            exact_current: false,
+        };
+        check_case::<f32>(c, &mut rng, false);
+        check_case::<f16>(c, &mut rng, true);
+    }
+}

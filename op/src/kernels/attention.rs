@@ -6,9 +6,14 @@
 
 use super::geometry::invalid;
 use super::{
-    adc_scores, build_lut, encode_key, masked_softmax_in_place, weighted_value_sum, Geometry,
-    LookatError, ParallelFor, ValueElem,
+    adc_scores, build_lut, encode_key, Geometry, LookatError, OnlineSoftmax, ParallelFor, ValueElem,
 };
+
+/// Tokens scored per step: scores and value rows of a block stay in L1/L2.
+const TOKEN_BLOCK: usize = 256;
+/// Queries processed together (their tables and accumulators stay in cache while the cache
+/// streams by once): all of a decode step, a slice of a prefill.
+const QUERY_CHUNK: usize = 16;
 
 /// Attribute values of the node.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -141,17 +146,20 @@ pub fn lookat_attention<V: ValueElem>(
     let codes_out = DisjointWriter(out.present_key_codes.as_mut_ptr());
     let values_out = DisjointWriter(out.present_value.as_mut_ptr());
 
+    let sub = g.sub_dim();
     let task = |bh: usize| {
         let (b, h) = (bh / h_n, bh % h_n);
-        let codebook = &inp.codebooks[h * m * k * g.sub_dim()..][..m * k * g.sub_dim()];
+        let codebook = &inp.codebooks[h * m * k * sub..][..m * k * sub];
         // SAFETY: task (b, h) alone owns the [b, h] block of the present tensors.
         let codes = unsafe { codes_out.slice(bh * t_n * m, t_n * m) };
         // SAFETY: as above.
         let values = unsafe { values_out.slice(bh * t_n * d, t_n * d) };
+        let past_codes = &inp.past_key_codes[bh * p_n * m..][..p_n * m];
+        let past_values = &inp.past_value[bh * p_n * d..][..p_n * d];
         let new_row = |s: usize| (b * s_n + s) * e + h * d;
 
-        codes[..p_n * m].copy_from_slice(&inp.past_key_codes[bh * p_n * m..][..p_n * m]);
-        values[..p_n * d].copy_from_slice(&inp.past_value[bh * p_n * d..][..p_n * d]);
+        // This call's tokens go to the end of the cache first; the past is copied block by block
+        // below, while the first query chunk reads it, so past values cross memory once.
         for s in 0..s_n {
             let key = &inp.key[new_row(s)..][..d];
             encode_key(key, codebook, k, &mut codes[(p_n + s) * m..][..m]);
@@ -160,26 +168,62 @@ pub fn lookat_attention<V: ValueElem>(
                 *dst = V::from_f32(v);
             }
         }
+        if s_n == 0 {
+            codes[..p_n * m].copy_from_slice(past_codes);
+            values[..p_n * d].copy_from_slice(past_values);
+            return;
+        }
 
         let mask = inp.attention_mask.map(|mk| &mk[b * t_n..][..t_n]);
-        let mut lut = vec![0.0f32; m * k];
-        let mut probs = vec![0.0f32; t_n];
-        for s in 0..s_n {
-            let visible = p_n + s + 1;
-            let query = &inp.query[new_row(s)..][..d];
-            build_lut(query, codebook, k, m, scale, &mut lut);
-            let probs = &mut probs[..visible];
-            adc_scores(&lut, &codes[..visible * m], k, m, probs);
-            if opts.exact_current {
-                for (t, score) in probs.iter_mut().enumerate().skip(p_n) {
-                    let key = &inp.key[new_row(t - p_n)..][..d];
-                    *score = scale * query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>();
+        let allowed = |t: usize| mask.is_none_or(|mk| mk[t] != 0);
+        let mut scores = vec![0.0f32; TOKEN_BLOCK];
+        for first in (0..s_n).step_by(QUERY_CHUNK) {
+            let queries = first..(first + QUERY_CHUNK).min(s_n);
+            let mut luts = vec![0.0f32; queries.len() * m * k];
+            for (s, lut) in queries.clone().zip(luts.chunks_exact_mut(m * k)) {
+                build_lut(&inp.query[new_row(s)..][..d], codebook, k, m, scale, lut);
+            }
+            let mut states: Vec<OnlineSoftmax> =
+                queries.clone().map(|_| OnlineSoftmax::new(d)).collect();
+            let last_visible = p_n + queries.end; // exclusive bound over the chunk's queries
+            for start in (0..t_n).step_by(TOKEN_BLOCK) {
+                let end = (start + TOKEN_BLOCK).min(t_n);
+                if first == 0 && start < p_n {
+                    let past_end = end.min(p_n);
+                    codes[start * m..past_end * m]
+                        .copy_from_slice(&past_codes[start * m..past_end * m]);
+                    values[start * d..past_end * d]
+                        .copy_from_slice(&past_values[start * d..past_end * d]);
+                }
+                if start >= last_visible {
+                    continue; // still copying the past, but no query of this chunk sees it
+                }
+                for ((s, lut), state) in queries
+                    .clone()
+                    .zip(luts.chunks_exact(m * k))
+                    .zip(&mut states)
+                {
+                    let stop = end.min(p_n + s + 1);
+                    if stop <= start {
+                        continue;
+                    }
+                    let block = &mut scores[..stop - start];
+                    adc_scores(lut, &codes[start * m..stop * m], k, m, block);
+                    if opts.exact_current {
+                        let query = &inp.query[new_row(s)..][..d];
+                        for t in start.max(p_n)..stop {
+                            let key = &inp.key[new_row(t - p_n)..][..d];
+                            block[t - start] =
+                                scale * query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>();
+                        }
+                    }
+                    state.update(block, |i| allowed(start + i), &values[start * d..stop * d]);
                 }
             }
-            masked_softmax_in_place(probs, |t| mask.is_none_or(|mk| mk[t] != 0));
-            // SAFETY: row (b, s) of head h: D floats that only task (b, h) writes.
-            let out_row = unsafe { output.slice(new_row(s), d) };
-            weighted_value_sum(probs, &values[..visible * d], out_row);
+            for (s, state) in queries.zip(&states) {
+                // SAFETY: row (b, s) of head h: D floats that only task (b, h) writes.
+                state.finish(unsafe { output.slice(new_row(s), d) });
+            }
         }
     };
     par.run(b_n * h_n, &task);

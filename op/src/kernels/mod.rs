@@ -5,6 +5,7 @@ mod attention;
 mod encode;
 mod geometry;
 mod lut;
+pub mod simd;
 mod softmax;
 mod value;
 
@@ -13,7 +14,7 @@ pub use attention::{lookat_attention, AttentionInputs, AttentionOptions, Attenti
 pub use encode::{encode_key, nearest_centroid};
 pub use geometry::{Geometry, LookatError, ShapeInputs};
 pub use lut::build_lut;
-pub use softmax::{masked_softmax_in_place, weighted_value_sum};
+pub use softmax::OnlineSoftmax;
 pub use value::ValueElem;
 
 /// Runs `tasks` independent pieces of work, possibly on several threads.

@@ -1,44 +1,66 @@
-//! Masked softmax over scores and the probability-weighted sum of values.
+//! Masked softmax fused with the probability-weighted sum of values.
 
 use super::ValueElem;
 
-/// Turns `scores` into probabilities over the tokens whose `allowed` is true; the others get 0.
-/// Returns false (and leaves all-zero probabilities) when no token is allowed.
-pub fn masked_softmax_in_place(scores: &mut [f32], allowed: impl Fn(usize) -> bool) -> bool {
-    let mut max = f32::NEG_INFINITY;
-    let mut any = false;
-    for (t, &s) in scores.iter().enumerate() {
-        if allowed(t) {
-            any = true;
-            if s > max {
-                max = s;
+/// Softmax-weighted value sum in one pass over token blocks (no stored probabilities): a running
+/// maximum, a running denominator and an accumulator rescaled whenever the maximum grows.
+pub struct OnlineSoftmax {
+    max: f32,
+    sum: f32,
+    acc: Vec<f32>,
+}
+
+impl OnlineSoftmax {
+    pub fn new(d: usize) -> OnlineSoftmax {
+        OnlineSoftmax {
+            max: f32::NEG_INFINITY,
+            sum: 0.0,
+            acc: vec![0.0; d],
+        }
+    }
+
+    /// Adds tokens with `scores` and value rows `values` (`scores.len() × D`); tokens whose
+    /// `allowed` is false are skipped.
+    pub fn update<V: ValueElem>(
+        &mut self,
+        scores: &[f32],
+        allowed: impl Fn(usize) -> bool,
+        values: &[V],
+    ) {
+        let d = self.acc.len();
+        let mut block_max = f32::NEG_INFINITY;
+        for (t, &s) in scores.iter().enumerate() {
+            if allowed(t) && s > block_max {
+                block_max = s;
+            }
+        }
+        if block_max == f32::NEG_INFINITY {
+            return;
+        }
+        if block_max > self.max {
+            let c = (self.max - block_max).exp(); // 0 on the first block
+            self.sum *= c;
+            super::simd::scale(&mut self.acc, c);
+            self.max = block_max;
+        }
+        for (t, (&s, row)) in scores.iter().zip(values.chunks_exact(d)).enumerate() {
+            if allowed(t) {
+                let p = (s - self.max).exp();
+                self.sum += p;
+                V::accumulate(&mut self.acc, p, row);
             }
         }
     }
-    if !any {
-        scores.fill(0.0);
-        return false;
-    }
-    let mut sum = 0.0f32;
-    for (t, s) in scores.iter_mut().enumerate() {
-        *s = if allowed(t) { (*s - max).exp() } else { 0.0 };
-        sum += *s;
-    }
-    let inv = 1.0 / sum;
-    scores.iter_mut().for_each(|s| *s *= inv);
-    true
-}
 
-/// `out = Σ_t probs[t] * values[t]`, `values` being `[T, D]`. Zero probabilities are skipped.
-pub fn weighted_value_sum<V: ValueElem>(probs: &[f32], values: &[V], out: &mut [f32]) {
-    let d = out.len();
-    out.fill(0.0);
-    for (&p, row) in probs.iter().zip(values.chunks_exact(d)) {
-        if p == 0.0 {
-            continue;
-        }
-        for (o, &v) in out.iter_mut().zip(row) {
-            *o += p * v.to_f32();
+    /// Writes the normalised result; zeros when no token was allowed.
+    pub fn finish(&self, out: &mut [f32]) {
+        if self.sum > 0.0 {
+            let inv = 1.0 / self.sum;
+            for (o, &a) in out.iter_mut().zip(&self.acc) {
+                *o = a * inv;
+            }
+        } else {
+            out.fill(0.0);
         }
     }
 }
