@@ -1,0 +1,216 @@
+"""Benchmark (not a test): LookatAttention against onnxruntime's own attention, all through
+onnxruntime sessions in this one process, same thread setting, side by side.
+
+Decode (S = 1) at T in {256, 1024, 4096, 16384} and B in {1, 4}, H = 12, D = 64; prefill at
+T in {256, 1024}. Prints median latency, ratios to MultiHeadAttention fp32, cache bytes per token
+and the achieved fraction of the memory bandwidth measured in this process. Usage:
+    .venv/bin/python scripts/bench.py [--quick] [--threads 2] [--json out.json]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto as T
+from onnx import helper
+from onnx import numpy_helper as nh
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
+from lookat_testlib import plugin_path  # noqa: E402
+
+H, D, K = 12, 64, 256
+E = H * D
+vi = helper.make_tensor_value_info
+
+
+def model(nodes, inputs, outputs, inits=(), ms=False):
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.lookat", 1)]
+    if ms:
+        opsets.append(helper.make_opsetid("com.microsoft", 1))
+    m = helper.make_model(helper.make_graph(nodes, "bench", inputs, outputs, list(inits)), opset_imports=opsets)
+    m.ir_version = 9
+    return m
+
+
+def lookat_model(m, f16):
+    vt = T.FLOAT16 if f16 else T.FLOAT
+    rng = np.random.default_rng(0)
+    books = rng.standard_normal((H, m, K, D // m)).astype(np.float32)
+    node = helper.make_node(
+        "LookatAttention",
+        ["q", "k", "v", "past_codes", "past_value", "mask", "books"],
+        ["out", "present_codes", "present_value"],
+        domain="com.lookat",
+        num_heads=H,
+    )
+    return model(
+        [node],
+        [vi("q", T.FLOAT, ["B", "S", E]), vi("k", T.FLOAT, ["B", "S", E]), vi("v", T.FLOAT, ["B", "S", E]),
+         vi("past_codes", T.UINT8, ["B", H, "P", m]), vi("past_value", vt, ["B", H, "P", D]), vi("mask", T.INT64, ["B", "T"])],
+        [vi("out", T.FLOAT, ["B", "S", E]), vi("present_codes", T.UINT8, ["B", H, "T", m]), vi("present_value", vt, ["B", H, "T", D])],
+        [nh.from_array(books, "books")],
+    )
+
+
+def mha_model():
+    node = helper.make_node(
+        "MultiHeadAttention", ["q", "k", "v", "", "", "", "past_key", "past_value"], ["out", "present_key", "present_value"],
+        domain="com.microsoft", num_heads=H, unidirectional=1,
+    )
+    return model(
+        [node],
+        [vi("q", T.FLOAT, ["B", "S", E]), vi("k", T.FLOAT, ["B", "S", E]), vi("v", T.FLOAT, ["B", "S", E]),
+         vi("past_key", T.FLOAT, ["B", H, "P", D]), vi("past_value", T.FLOAT, ["B", H, "P", D])],
+        [vi("out", T.FLOAT, ["B", "S", E]), vi("present_key", T.FLOAT, ["B", H, "T", D]), vi("present_value", T.FLOAT, ["B", H, "T", D])],
+        ms=True,
+    )
+
+
+def plain_model():
+    """The exporters' MatMul/Softmax/MatMul subgraph with the cache Concat (decode, S = 1)."""
+    n = helper.make_node
+    nodes = [
+        n("Reshape", ["q", "shape4"], ["q4r"]), n("Transpose", ["q4r"], ["q4"], perm=[0, 2, 1, 3]),
+        n("Reshape", ["k", "shape4"], ["k4r"]), n("Transpose", ["k4r"], ["k4"], perm=[0, 2, 1, 3]),
+        n("Reshape", ["v", "shape4"], ["v4r"]), n("Transpose", ["v4r"], ["v4"], perm=[0, 2, 1, 3]),
+        n("Concat", ["past_key", "k4"], ["present_key"], axis=2), n("Concat", ["past_value", "v4"], ["present_value"], axis=2),
+        n("Transpose", ["present_key"], ["kt"], perm=[0, 1, 3, 2]), n("MatMul", ["q4", "kt"], ["s"]),
+        n("Mul", ["s", "scale"], ["ss"]), n("Softmax", ["ss"], ["p"], axis=-1), n("MatMul", ["p", "present_value"], ["o4"]),
+        n("Transpose", ["o4"], ["o3"], perm=[0, 2, 1, 3]), n("Reshape", ["o3", "shape3"], ["out"]),
+    ]
+    return model(
+        nodes,
+        [vi("q", T.FLOAT, ["B", "S", E]), vi("k", T.FLOAT, ["B", "S", E]), vi("v", T.FLOAT, ["B", "S", E]),
+         vi("past_key", T.FLOAT, ["B", H, "P", D]), vi("past_value", T.FLOAT, ["B", H, "P", D])],
+        [vi("out", T.FLOAT, ["B", "S", E]), vi("present_key", T.FLOAT, ["B", H, "T", D]), vi("present_value", T.FLOAT, ["B", H, "T", D])],
+        [nh.from_array(np.array([0, 0, H, D], np.int64), "shape4"), nh.from_array(np.array([0, 0, E], np.int64), "shape3"),
+         nh.from_array(np.array(1 / np.sqrt(D), np.float32), "scale")],
+    )
+
+
+def gqa_model(bits):
+    kv = T.INT8 if bits == 8 else T.UINT8
+    last = D if bits == 8 else D // 2
+    node = helper.make_node(
+        "GroupQueryAttention",
+        ["q", "k", "v", "past_key", "past_value", "seqlens_k", "total_len", "", "", "", "", "", "k_scale", "v_scale"],
+        ["out", "present_key", "present_value"], domain="com.microsoft", num_heads=H, kv_num_heads=H,
+        k_quant_type="PER_TENSOR", v_quant_type="PER_TENSOR", kv_cache_bit_width=bits,
+    )
+    return model(
+        [node],
+        [vi("q", T.FLOAT, ["B", "S", E]), vi("k", T.FLOAT, ["B", "S", E]), vi("v", T.FLOAT, ["B", "S", E]),
+         vi("past_key", kv, ["B", H, "P", last]), vi("past_value", kv, ["B", H, "P", last]),
+         vi("seqlens_k", T.INT32, ["B"]), vi("total_len", T.INT32, [])],
+        [vi("out", T.FLOAT, ["B", "S", E]), vi("present_key", kv, ["B", H, "T", last]), vi("present_value", kv, ["B", H, "T", last])],
+        [nh.from_array(np.array([0.05], np.float32), "k_scale"), nh.from_array(np.array([0.05], np.float32), "v_scale")],
+        ms=True,
+    )
+
+
+def session(m, threads):
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = threads
+    o.inter_op_num_threads = 1
+    o.register_custom_ops_library(plugin_path())
+    return ort.InferenceSession(m.SerializeToString(), o, providers=["CPUExecutionProvider"])
+
+
+def timed(sess, feeds, reps, budget_s=4.0):
+    sess.run(None, feeds)
+    times = []
+    start = time.perf_counter()
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s and len(times) >= 3:
+            break
+    return statistics.median(times)
+
+
+def bandwidth_gbs():
+    """Read+write bandwidth of a 512 MiB copy in this process (best of 5)."""
+    a = np.ones(128 << 20, np.float32)
+    b = np.empty_like(a)
+    best = min((lambda: (lambda t0: (np.copyto(b, a), time.perf_counter() - t0)[1])(time.perf_counter()))() for _ in range(5))
+    return 2 * a.nbytes / best / 1e9
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="T up to 4096, B = 1 only")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    rng = np.random.default_rng(1)
+    bw = bandwidth_gbs()
+    print(f"onnxruntime {ort.__version__}, threads {args.threads}, H={H} D={D} K={K}; measured copy bandwidth {bw:.1f} GB/s (read+write)")
+    variants = [("mha fp32", mha_model(), "f32kv"), ("matmul-softmax fp32", plain_model(), "f32kv"),
+                ("gqa int8", gqa_model(8), "int8"), ("gqa int4", gqa_model(4), "int4")]
+    for m in (2, 4, 8):
+        variants.append((f"lookat m={m} f32", lookat_model(m, False), ("codes", m, np.float32)))
+        variants.append((f"lookat m={m} f16", lookat_model(m, True), ("codes", m, np.float16)))
+    sessions = [(name, session(mdl, args.threads), kind) for name, mdl, kind in variants]
+    lengths = [256, 1024, 4096] if args.quick else [256, 1024, 4096, 16384]
+    batches = [1] if args.quick else [1, 4]
+    results = []
+
+    def feeds_for(kind, b, p, s):
+        q = rng.standard_normal((b, s, E)).astype(np.float32)
+        f = {"q": q, "k": rng.standard_normal((b, s, E)).astype(np.float32), "v": rng.standard_normal((b, s, E)).astype(np.float32)}
+        if kind == "f32kv":
+            f["past_key"] = rng.standard_normal((b, H, p, D)).astype(np.float32)
+            f["past_value"] = rng.standard_normal((b, H, p, D)).astype(np.float32)
+            per_token = 2 * H * D * 4
+        elif kind in ("int8", "int4"):
+            last = D if kind == "int8" else D // 2
+            dt = np.int8 if kind == "int8" else np.uint8
+            f["past_key"] = rng.integers(-100, 100, (b, H, p, last)).astype(dt)
+            f["past_value"] = rng.integers(-100, 100, (b, H, p, last)).astype(dt)
+            f["seqlens_k"] = np.full(b, p + s - 1, np.int32)
+            f["total_len"] = np.array(p + s, np.int32)
+            per_token = 2 * H * last
+        else:
+            _, m, vt = kind
+            f["past_codes"] = rng.integers(0, K, (b, H, p, m)).astype(np.uint8)
+            f["past_value"] = rng.standard_normal((b, H, p, D)).astype(vt)
+            f["mask"] = np.ones((b, p + s), np.int64)
+            per_token = H * m + H * D * np.dtype(vt).itemsize
+        return f, per_token
+
+    print(f"\n{'mode':8} {'B':>2} {'T':>6} {'variant':22} {'ms':>9} {'vs MHA':>7} {'cache B/token':>13} {'bw frac':>7}")
+    for mode in ("decode", "prefill"):
+        for b in batches:
+            for t in lengths:
+                if mode == "prefill" and (t > 1024 or b > 1):
+                    continue  # O(T²) attention prefill past 1024 tokens does not fit the 10-minute budget here
+                base = None
+                for name, sess, kind in sessions:
+                    if mode == "prefill" and kind in ("int8", "int4"):
+                        continue  # GQA's quantized cache is a decode path
+                    p, s = (t - 1, 1) if mode == "decode" else (0, t)
+                    feeds, per_token = feeds_for(kind, b, p, s)
+                    ms = timed(sess, feeds, reps=20 if t <= 4096 else 6) * 1e3
+                    base = ms if name == "mha fp32" else base
+                    # Bytes a decode step must move at least: read the past cache, write the present one.
+                    moved = 2 * b * t * per_token
+                    frac = moved / (ms / 1e3) / (bw * 1e9) if mode == "decode" else float("nan")
+                    ratio = base / ms if base else float("nan")
+                    print(f"{mode:8} {b:>2} {t:>6} {name:22} {ms:9.3f} {ratio:6.2f}x {per_token:13.0f} {frac:7.2f}")
+                    results.append(dict(mode=mode, batch=b, tokens=t, variant=name, ms=ms, speedup_vs_mha=ratio,
+                                        cache_bytes_per_token=per_token, bandwidth_fraction=frac))
+                print()
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dict(bandwidth_gbs=bw, threads=args.threads, onnxruntime=ort.__version__, results=results), fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
