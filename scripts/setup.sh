@@ -18,6 +18,13 @@ if [ ! -x "$LOOKAT_VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wa
     "$LOOKAT_VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
     echo "$want" > "$stamp"
 fi
+# The oldest onnxruntime the plugin's declared C API (17) allows, for the version-range test.
+old="$LOOKAT_ROOT/.venv-ort1.17"
+if [ ! -x "$old/bin/python" ] || ! "$old/bin/python" -c "import onnxruntime" 2>/dev/null; then
+    echo "setup: creating $old (onnxruntime 1.17.3)" >&2
+    "$python" -m venv "$old"
+    "$old/bin/pip" install -q --disable-pip-version-check onnxruntime==1.17.3 numpy==1.26.4
+fi
 [ -f "$ORT_DYLIB_PATH" ] || { echo "setup: $ORT_DYLIB_PATH is missing from the onnxruntime wheel" >&2; exit 1; }
 
 cargo build --release --workspace --locked --quiet
