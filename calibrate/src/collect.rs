@@ -77,9 +77,17 @@ pub struct Probe {
 
 impl Probe {
     /// Prunes `original` to `outputs` (no logits, no later layers' work) and opens it.
-    pub fn new(env: &Environment, original: &Path, outputs: &[String], threads: usize) -> Result<Probe> {
+    pub fn new(
+        env: &Environment,
+        original: &Path,
+        outputs: &[String],
+        threads: usize,
+    ) -> Result<Probe> {
         let mut model = lookat_rewrite::io::load(original)?;
-        let graph = model.graph.as_mut().context("the original model has no graph")?;
+        let graph = model
+            .graph
+            .as_mut()
+            .context("the original model has no graph")?;
         graph.output.clear();
         for name in outputs {
             let mut vi = ValueInfoProto::new();
@@ -88,17 +96,33 @@ impl Probe {
         }
         lookat_rewrite::prune_to_outputs(graph);
         // Next to the original, so that its external data resolves.
-        let dir = original.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = original
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let tmp = TempFile(dir.join(format!(".lookat-probe-{}.onnx", std::process::id())));
-        std::fs::write(&tmp.0, model.write_to_bytes()?).with_context(|| format!("cannot write '{}'", tmp.0.display()))?;
+        std::fs::write(&tmp.0, model.write_to_bytes()?)
+            .with_context(|| format!("cannot write '{}'", tmp.0.display()))?;
         let session = crate::runtime::session(env, &tmp.0, None, threads)?;
         drop(tmp);
         let inputs = session
             .inputs()
             .iter()
-            .map(|o| (o.name().to_string(), o.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default()))
+            .map(|o| {
+                (
+                    o.name().to_string(),
+                    o.dtype()
+                        .tensor_shape()
+                        .map(|s| s.to_vec())
+                        .unwrap_or_default(),
+                )
+            })
             .collect();
-        Ok(Probe { session, inputs, outputs: outputs.to_vec() })
+        Ok(Probe {
+            session,
+            inputs,
+            outputs: outputs.to_vec(),
+        })
     }
 
     /// Runs `b` windows of `w` tokens (`ids` is `b × w`), each from position 0 with an empty
@@ -118,11 +142,16 @@ impl Probe {
             };
             feed.push((Cow::Owned(name.clone()), value));
         }
-        let outputs = self.session.run(feed).context("forward pass of the original model")?;
+        let outputs = self
+            .session
+            .run(feed)
+            .context("forward pass of the original model")?;
         self.outputs
             .iter()
             .map(|name| {
-                let (_, v) = outputs[name.as_str()].try_extract_tensor::<f32>().with_context(|| format!("tensor '{name}'"))?;
+                let (_, v) = outputs[name.as_str()]
+                    .try_extract_tensor::<f32>()
+                    .with_context(|| format!("tensor '{name}'"))?;
                 Ok(v.to_vec())
             })
             .collect()
@@ -142,7 +171,11 @@ pub fn collect_keys(
         bail!("--window and --batch must be positive");
     }
     if tokens.len() < opts.window {
-        bail!("{} calibration tokens are fewer than one window of {}", tokens.len(), opts.window);
+        bail!(
+            "{} calibration tokens are fewer than one window of {}",
+            tokens.len(),
+            opts.window
+        );
     }
     let names: Vec<String> = layers.iter().map(|l| l.key_tensor.clone()).collect();
     let mut probe = Probe::new(env, original, &names, opts.threads)?;
@@ -151,7 +184,13 @@ pub fn collect_keys(
         .enumerate()
         .map(|(li, l)| {
             (0..l.heads)
-                .map(|h| Reservoir::new(opts.reservoir, l.head_dim(), job_seed(opts.seed, &[li as u64, h as u64, 0xC011])))
+                .map(|h| {
+                    Reservoir::new(
+                        opts.reservoir,
+                        l.head_dim(),
+                        job_seed(opts.seed, &[li as u64, h as u64, 0xC011]),
+                    )
+                })
                 .collect()
         })
         .collect();
@@ -164,7 +203,14 @@ pub fn collect_keys(
         for ((li, l), keys) in layers.iter().enumerate().zip(&outputs) {
             let (d, e) = (l.head_dim(), l.heads * l.head_dim());
             if keys.len() != b * w * e {
-                bail!("key tensor '{}' holds {} values, expected {}x{}x{}", l.key_tensor, keys.len(), b, w, e);
+                bail!(
+                    "key tensor '{}' holds {} values, expected {}x{}x{}",
+                    l.key_tensor,
+                    keys.len(),
+                    b,
+                    w,
+                    e
+                );
             }
             for token in keys.chunks_exact(e) {
                 for (h, key) in token.chunks_exact(d).enumerate() {

@@ -148,3 +148,53 @@ pub fn log_softmax(x: &[f32]) -> Vec<f64> {
     let lse = x.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln() + max;
     x.iter().map(|&v| v as f64 - lse).collect()
 }
+
+/// Original against LOOKAT on the same tokens, one decode step per token from an empty cache.
+#[derive(Debug, Clone, Copy)]
+pub struct Comparison {
+    pub steps: usize,
+    pub ppl_original: f64,
+    pub ppl_lookat: f64,
+    /// Fraction of steps whose top-1 next tokens agree.
+    pub top1_agreement: f64,
+    /// Mean KL(original ‖ lookat) of the next-token distributions, in nats.
+    pub kl: f64,
+}
+
+/// Feeds `ids` token by token to both decoders (after a reset) and compares their predictions of
+/// the next token.
+pub fn teacher_forced(
+    original: &mut Decoder,
+    lookat: &mut Decoder,
+    ids: &[u32],
+) -> Result<Comparison> {
+    if ids.len() < 2 {
+        bail!("need at least two tokens to compare next-token predictions");
+    }
+    original.reset()?;
+    lookat.reset()?;
+    let (mut nll_o, mut nll_l, mut agree, mut kl) = (0f64, 0f64, 0usize, 0f64);
+    let steps = ids.len() - 1;
+    for t in 0..steps {
+        let lo = original.step(&ids[t..t + 1])?.pop().unwrap_or_default();
+        let ll = lookat.step(&ids[t..t + 1])?.pop().unwrap_or_default();
+        let (po, pl) = (log_softmax(&lo), log_softmax(&ll));
+        let target = ids[t + 1] as usize;
+        nll_o -= po[target];
+        nll_l -= pl[target];
+        agree += usize::from(argmax(&lo) == argmax(&ll));
+        kl += po
+            .iter()
+            .zip(&pl)
+            .map(|(a, b)| a.exp() * (a - b))
+            .sum::<f64>();
+    }
+    let n = steps as f64;
+    Ok(Comparison {
+        steps,
+        ppl_original: (nll_o / n).exp(),
+        ppl_lookat: (nll_l / n).exp(),
+        top1_agreement: agree as f64 / n,
+        kl: kl / n,
+    })
+}

@@ -59,14 +59,24 @@ impl Metrics {
     }
     pub fn mean(&self) -> [f64; 4] {
         let n = self.count.max(1) as f64;
-        [self.cosine / n, self.kl / n, self.spearman / n, self.top5 / n]
+        [
+            self.cosine / n,
+            self.kl / n,
+            self.spearman / n,
+            self.top5 / n,
+        ]
     }
 }
 
 /// Quantize-dequantize keys `[T, D]` the way a scalar scheme stores them (symmetric).
 pub fn scalar_roundtrip(keys: &[f32], d: usize, scheme: Scheme) -> Vec<f32> {
     let (levels, per_channel) = match scheme {
-        Scheme::Fp16 => return keys.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+        Scheme::Fp16 => {
+            return keys
+                .iter()
+                .map(|&x| half::f16::from_f32(x).to_f32())
+                .collect()
+        }
         Scheme::Int8PerTensor => (127.0, false),
         Scheme::Int8PerChannel => (127.0, true),
         Scheme::Int4PerTensor => (7.0, false),
@@ -83,9 +93,17 @@ pub fn scalar_roundtrip(keys: &[f32], d: usize, scheme: Scheme) -> Vec<f32> {
         let m = scale.iter().cloned().fold(0f32, f32::max);
         scale.fill(m);
     }
-    let scale: Vec<f32> = scale.iter().map(|&m| if m > 0.0 { m / levels } else { 1.0 }).collect();
+    let scale: Vec<f32> = scale
+        .iter()
+        .map(|&m| if m > 0.0 { m / levels } else { 1.0 })
+        .collect();
     keys.chunks_exact(d)
-        .flat_map(|row| row.iter().zip(&scale).map(|(&x, &s)| (x / s).round().clamp(-levels, levels) * s).collect::<Vec<_>>())
+        .flat_map(|row| {
+            row.iter()
+                .zip(&scale)
+                .map(|(&x, &s)| (x / s).round().clamp(-levels, levels) * s)
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -149,18 +167,42 @@ pub fn compare(exact: &[f64], approx: &[f64], values: &[f32], d: usize) -> Metri
         }
     }
     let dot: f64 = o.iter().zip(&oa).map(|(a, b)| a * b).sum();
-    let norm = (o.iter().map(|x| x * x).sum::<f64>() * oa.iter().map(|x| x * x).sum::<f64>()).sqrt();
-    let kl: f64 = p.iter().zip(&q).filter(|(a, _)| **a > 0.0).map(|(a, b)| a * (a.ln() - b.max(1e-300).ln())).sum();
+    let norm =
+        (o.iter().map(|x| x * x).sum::<f64>() * oa.iter().map(|x| x * x).sum::<f64>()).sqrt();
+    let kl: f64 = p
+        .iter()
+        .zip(&q)
+        .filter(|(a, _)| **a > 0.0)
+        .map(|(a, b)| a * (a.ln() - b.max(1e-300).ln()))
+        .sum();
     let k = exact.len().min(5);
     let (te, ta) = (top(exact, k), top(approx, k));
     let overlap = te.iter().filter(|i| ta.contains(i)).count() as f64 / k as f64;
     Metrics {
         cosine: if norm > 0.0 { dot / norm } else { 1.0 },
         kl: kl.max(0.0),
-        spearman: if exact.len() > 1 { pearson(&ranks(exact), &ranks(approx)) } else { 1.0 },
+        spearman: if exact.len() > 1 {
+            pearson(&ranks(exact), &ranks(approx))
+        } else {
+            1.0
+        },
         top5: overlap,
         count: 1,
     }
+}
+
+/// `scale · q·k_t` in f64 for the first `visible` keys of `[T, D]`.
+fn scaled_scores(q: &[f32], keys: &[f32], d: usize, visible: usize, scale: f64) -> Vec<f64> {
+    keys.chunks_exact(d)
+        .take(visible)
+        .map(|k| {
+            q.iter()
+                .zip(k)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum::<f64>()
+                * scale
+        })
+        .collect()
 }
 
 /// One head of one window: queries at `positions` against keys `[T, D]` and values `[T, D]`.
@@ -193,11 +235,7 @@ pub fn head_metrics(
     let mut m = Metrics::default();
     for (&q, &pos) in queries.iter().zip(positions) {
         let visible = pos + 1;
-        let exact: Vec<f64> = keys
-            .chunks_exact(d)
-            .take(visible)
-            .map(|k| q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale)
-            .collect();
+        let exact = scaled_scores(q, keys, d, visible, scale);
         let approx: Vec<f64> = if let Some((codes, sub, book, k)) = &codes {
             let mut lut = vec![0f32; sub * k];
             build_lut(q, book, *k, *sub, scale as f32, &mut lut);
@@ -205,11 +243,13 @@ pub fn head_metrics(
             adc_scores(&lut, &codes[..visible * sub], *k, *sub, &mut s);
             s.into_iter().map(f64::from).collect()
         } else {
-            let ak = approx_keys.as_ref().expect("scalar keys");
-            ak.chunks_exact(d)
-                .take(visible)
-                .map(|k| q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale)
-                .collect()
+            scaled_scores(
+                q,
+                approx_keys.as_deref().expect("scalar keys"),
+                d,
+                visible,
+                scale,
+            )
         };
         m.add(&compare(&exact, &approx, values, d));
     }
@@ -225,7 +265,12 @@ mod tests {
         let s = [0.1, 2.0, -1.0, 0.5, 0.7, 3.0];
         let v: Vec<f32> = (0..12).map(|i| i as f32 * 0.1).collect();
         let m = compare(&s, &s, &v, 2);
-        assert!((m.cosine - 1.0).abs() < 1e-12 && m.kl.abs() < 1e-12 && (m.spearman - 1.0).abs() < 1e-12 && m.top5 == 1.0);
+        assert!(
+            (m.cosine - 1.0).abs() < 1e-12
+                && m.kl.abs() < 1e-12
+                && (m.spearman - 1.0).abs() < 1e-12
+                && m.top5 == 1.0
+        );
     }
 
     #[test]
@@ -241,9 +286,19 @@ mod tests {
 
     #[test]
     fn int8_roundtrip_is_close_and_int4_coarser() {
-        let keys: Vec<f32> = (0..64).map(|i| ((i * 37) % 17) as f32 / 7.0 - 1.0).collect();
-        let e8: f32 = scalar_roundtrip(&keys, 8, Scheme::Int8PerChannel).iter().zip(&keys).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-        let e4: f32 = scalar_roundtrip(&keys, 8, Scheme::Int4PerTensor).iter().zip(&keys).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let keys: Vec<f32> = (0..64)
+            .map(|i| ((i * 37) % 17) as f32 / 7.0 - 1.0)
+            .collect();
+        let e8: f32 = scalar_roundtrip(&keys, 8, Scheme::Int8PerChannel)
+            .iter()
+            .zip(&keys)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        let e4: f32 = scalar_roundtrip(&keys, 8, Scheme::Int4PerTensor)
+            .iter()
+            .zip(&keys)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         assert!(e8 < 0.01 && e4 > e8 && e4 < 0.2, "{e8} {e4}");
     }
 }

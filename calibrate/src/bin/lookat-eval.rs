@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use lookat_calibrate::collect::{collect_keys, CollectOptions, Probe};
-use lookat_calibrate::decode::{argmax, log_softmax, Decoder};
+use lookat_calibrate::decode::{teacher_forced, Decoder};
 use lookat_calibrate::eval::{head_metrics, Metrics, Scheme};
 use lookat_calibrate::model::{lookat_layers, write_codebooks, LookatLayer};
 use lookat_calibrate::{learn_codebooks, progress_bar, runtime, tokenize_corpus, tokenizer};
@@ -72,7 +72,11 @@ fn main() -> ExitCode {
 
 fn rewritten(original: &Path, m: usize) -> Result<onnx_protobuf::ModelProto> {
     let mut model = lookat_rewrite::io::load(original)?;
-    let opts = lookat_rewrite::Options { subspaces: m, centroids: K, value_dtype: lookat_rewrite::ValueDtype::F32 };
+    let opts = lookat_rewrite::Options {
+        subspaces: m,
+        centroids: K,
+        value_dtype: lookat_rewrite::ValueDtype::F32,
+    };
     lookat_rewrite::rewrite(&mut model, &opts)?;
     Ok(model)
 }
@@ -80,7 +84,12 @@ fn rewritten(original: &Path, m: usize) -> Result<onnx_protobuf::ModelProto> {
 fn with_subspaces(layers: &[LookatLayer], m: usize) -> Vec<LookatLayer> {
     layers
         .iter()
-        .map(|l| LookatLayer { subspaces: m, centroids: K, sub_dim: l.head_dim() / m, ..l.clone() })
+        .map(|l| LookatLayer {
+            subspaces: m,
+            centroids: K,
+            sub_dim: l.head_dim() / m,
+            ..l.clone()
+        })
         .collect()
 }
 
@@ -103,11 +112,19 @@ fn run(cli: &Cli) -> Result<()> {
         &cli.original,
         &base,
         &calib,
-        &CollectOptions { window: 256, batch: 4, reservoir: cli.reservoir, seed: cli.seed, threads: cli.threads },
+        &CollectOptions {
+            window: 256,
+            batch: 4,
+            reservoir: cli.reservoir,
+            seed: cli.seed,
+            threads: cli.threads,
+        },
         &bar,
     )?;
     bar.finish_and_clear();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(cli.threads.max(1)).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cli.threads.max(1))
+        .build()?;
     let mut books = vec![];
     for m in SUBSPACES {
         let bar = progress_bar(cli.quiet, &format!("k-means m={m}"));
@@ -122,36 +139,68 @@ fn run(cli: &Cli) -> Result<()> {
         .eval_texts
         .iter()
         .map(|p| -> Result<_> {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read '{}'", p.display()))?;
-            Ok((p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(), tokenizer::encode(&bpe, &text)))
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read '{}'", p.display()))?;
+            Ok((
+                p.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                tokenizer::encode(&bpe, &text),
+            ))
         })
         .collect::<Result<_>>()?;
-    let mut schemes = vec![Scheme::Fp16, Scheme::Int8PerTensor, Scheme::Int8PerChannel, Scheme::Int4PerTensor, Scheme::Int4PerChannel];
+    let mut schemes = vec![
+        Scheme::Fp16,
+        Scheme::Int8PerTensor,
+        Scheme::Int8PerChannel,
+        Scheme::Int4PerTensor,
+        Scheme::Int4PerChannel,
+    ];
     schemes.extend(SUBSPACES.map(|m| Scheme::Lookat { subspaces: m }));
-    let names: Vec<String> = base.iter().flat_map(|l| [l.query_tensor.clone(), l.key_tensor.clone(), l.value_tensor.clone()]).collect();
+    let names: Vec<String> = base
+        .iter()
+        .flat_map(|l| {
+            [
+                l.query_tensor.clone(),
+                l.key_tensor.clone(),
+                l.value_tensor.clone(),
+            ]
+        })
+        .collect();
     let mut probe = Probe::new(env, &cli.original, &names, cli.threads)?;
     // results[scheme][length][layer]
-    let mut results = vec![vec![vec![Metrics::default(); n_layers]; cli.lengths.len()]; schemes.len()];
+    let mut results =
+        vec![vec![vec![Metrics::default(); n_layers]; cli.lengths.len()]; schemes.len()];
     let bar = progress_bar(cli.quiet, "attention");
     bar.set_length((cli.lengths.len() * domains.len() * cli.windows) as u64);
     for (li, &len) in cli.lengths.iter().enumerate() {
         for (domain, toks) in &domains {
             for w in 0..cli.windows {
                 let Some(ids) = toks.get(w * len..(w + 1) * len) else {
-                    bail!("held-out '{domain}' has fewer than {} tokens for {} windows of {len}", (w + 1) * len, cli.windows);
+                    bail!(
+                        "held-out '{domain}' has fewer than {} tokens for {} windows of {len}",
+                        (w + 1) * len,
+                        cli.windows
+                    );
                 };
                 let out = probe.run(ids, 1, len)?;
                 let positions: Vec<usize> = (len.saturating_sub(cli.queries)..len).collect();
                 for (layer, qkv) in out.chunks_exact(3).enumerate() {
                     let e = heads * d;
                     for h in 0..heads {
-                        let head = |t: &Vec<f32>| -> Vec<f32> { t.chunks_exact(e).flat_map(|row| row[h * d..(h + 1) * d].to_vec()).collect() };
+                        let head = |t: &Vec<f32>| -> Vec<f32> {
+                            t.chunks_exact(e)
+                                .flat_map(|row| row[h * d..(h + 1) * d].to_vec())
+                                .collect()
+                        };
                         let (q, k, v) = (head(&qkv[0]), head(&qkv[1]), head(&qkv[2]));
-                        let queries: Vec<&[f32]> = positions.iter().map(|&p| &q[p * d..(p + 1) * d]).collect();
+                        let queries: Vec<&[f32]> =
+                            positions.iter().map(|&p| &q[p * d..(p + 1) * d]).collect();
                         for (si, scheme) in schemes.iter().enumerate() {
                             let book = match scheme {
                                 Scheme::Lookat { subspaces } => {
-                                    let mi = SUBSPACES.iter().position(|x| x == subspaces).unwrap_or(0);
+                                    let mi =
+                                        SUBSPACES.iter().position(|x| x == subspaces).unwrap_or(0);
                                     let per_head = K * d;
                                     Some((&books[mi][layer][h * per_head..(h + 1) * per_head], K))
                                 }
@@ -172,29 +221,34 @@ fn run(cli: &Cli) -> Result<()> {
     let plugin = runtime::plugin_path(None)?;
     let mut e2e = vec![];
     for &m in &cli.e2e_subspaces {
-        let mi = SUBSPACES.iter().position(|&x| x == m).context("--e2e-subspaces must be among 1, 2, 4, 8, 16")?;
+        let mi = SUBSPACES
+            .iter()
+            .position(|&x| x == m)
+            .context("--e2e-subspaces must be among 1, 2, 4, 8, 16")?;
         let mut model = rewritten(&cli.original, m)?;
         let layers = lookat_layers(&model)?;
         write_codebooks(&mut model, &layers, &books[mi])?;
         let path = cli.out.join(format!("calibrated-m{m}.onnx"));
-        let dir = cli.original.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = cli
+            .original
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         lookat_rewrite::io::save(&model, dir, &path)?;
         for (domain, toks) in &domains {
             let ids = &toks[..(cli.e2e_tokens + 1).min(toks.len())];
             let mut orig = Decoder::new(runtime::session(env, &cli.original, None, cli.threads)?)?;
             let mut look = Decoder::new(runtime::session(env, &path, Some(&plugin), cli.threads)?)?;
-            let (mut nll_o, mut nll_l, mut agree, mut kl) = (0f64, 0f64, 0usize, 0f64);
-            for t in 0..ids.len() - 1 {
-                let lo = orig.step(&ids[t..t + 1])?.pop().unwrap_or_default();
-                let ll = look.step(&ids[t..t + 1])?.pop().unwrap_or_default();
-                let (po, pl) = (log_softmax(&lo), log_softmax(&ll));
-                nll_o -= po[ids[t + 1] as usize];
-                nll_l -= pl[ids[t + 1] as usize];
-                agree += usize::from(argmax(&lo) == argmax(&ll));
-                kl += po.iter().zip(&pl).map(|(a, b)| a.exp() * (a - b)).sum::<f64>();
-            }
-            let n = (ids.len() - 1) as f64;
-            e2e.push((m, domain.clone(), (nll_o / n).exp(), (nll_l / n).exp(), agree as f64 / n, kl / n, ids.len() - 1));
+            let c = teacher_forced(&mut orig, &mut look, ids)?;
+            e2e.push((
+                m,
+                domain.clone(),
+                c.ppl_original,
+                c.ppl_lookat,
+                c.top1_agreement,
+                c.kl,
+                c.steps,
+            ));
         }
     }
 
@@ -208,11 +262,32 @@ fn run(cli: &Cli) -> Result<()> {
     };
     let mut md = String::new();
     let mut js = String::from("{\n");
-    writeln!(js, "  \"model\": {},", json_str(&cli.original.display().to_string()))?;
-    writeln!(js, "  \"layers\": {n_layers}, \"heads\": {heads}, \"head_dim\": {d}, \"centroids\": {K},")?;
-    writeln!(js, "  \"calib_tokens\": {}, \"calib_sha256\": {}, \"seed\": {},", calib.len(), json_str(&corpus_sha), cli.seed)?;
-    writeln!(js, "  \"queries_per_window\": {}, \"windows_per_domain\": {},", cli.queries, cli.windows)?;
-    writeln!(js, "  \"value_bytes_per_token\": {},", n_layers * heads * d * 4)?;
+    writeln!(
+        js,
+        "  \"model\": {},",
+        json_str(&cli.original.display().to_string())
+    )?;
+    writeln!(
+        js,
+        "  \"layers\": {n_layers}, \"heads\": {heads}, \"head_dim\": {d}, \"centroids\": {K},"
+    )?;
+    writeln!(
+        js,
+        "  \"calib_tokens\": {}, \"calib_sha256\": {}, \"seed\": {},",
+        calib.len(),
+        json_str(&corpus_sha),
+        cli.seed
+    )?;
+    writeln!(
+        js,
+        "  \"queries_per_window\": {}, \"windows_per_domain\": {},",
+        cli.queries, cli.windows
+    )?;
+    writeln!(
+        js,
+        "  \"value_bytes_per_token\": {},",
+        n_layers * heads * d * 4
+    )?;
     js.push_str("  \"attention\": [\n");
     let mut rows = vec![];
     for (si, s) in schemes.iter().enumerate() {
@@ -249,7 +324,11 @@ fn run(cli: &Cli) -> Result<()> {
         })
         .collect();
     js.push_str(&e2e_rows.join(",\n"));
-    writeln!(js, "\n  ],\n  \"seconds\": {:.1}\n}}", start.elapsed().as_secs_f64())?;
+    writeln!(
+        js,
+        "\n  ],\n  \"seconds\": {:.1}\n}}",
+        start.elapsed().as_secs_f64()
+    )?;
     std::fs::write(cli.out.join("results.json"), &js)?;
 
     writeln!(md, "Attention fidelity, all {n_layers} layers × {heads} heads, mean over {} held-out windows per length ({} domains) and the last {} queries of each window.\n", cli.windows * domains.len(), domains.len(), cli.queries)?;
@@ -260,20 +339,38 @@ fn run(cli: &Cli) -> Result<()> {
             let mut all = Metrics::default();
             results[si][li].iter().for_each(|m| all.add(m));
             let [c, k, r, t] = all.mean();
-            writeln!(md, "| {} | {len} | {c:.4} | {k:.4} | {r:.4} | {t:.3} | {:.0} | {:.0} |", s.name(), bytes(s, f64::INFINITY), bytes(s, 1024.0))?;
+            writeln!(
+                md,
+                "| {} | {len} | {c:.4} | {k:.4} | {r:.4} | {t:.3} | {:.0} | {:.0} |",
+                s.name(),
+                bytes(s, f64::INFINITY),
+                bytes(s, 1024.0)
+            )?;
         }
     }
-    writeln!(md, "\nfp32 keys: {} B/token (all layers); values (fp32, every scheme): {} B/token.\n", n_layers * heads * d * 4, n_layers * heads * d * 4)?;
+    writeln!(
+        md,
+        "\nfp32 keys: {} B/token (all layers); values (fp32, every scheme): {} B/token.\n",
+        n_layers * heads * d * 4,
+        n_layers * heads * d * 4
+    )?;
     writeln!(md, "End to end (onnxruntime, teacher-forced decoding token by token through the cache, from an empty cache):\n")?;
     writeln!(md, "| m | domain | tokens | perplexity original | perplexity LOOKAT | next-token top-1 agreement | mean KL (nats) |")?;
     writeln!(md, "|---:|---|---:|---:|---:|---:|---:|")?;
     for (m, dom, po, pl, a, k, n) in &e2e {
-        writeln!(md, "| {m} | {dom} | {n} | {po:.2} | {pl:.2} | {a:.4} | {k:.5} |")?;
+        writeln!(
+            md,
+            "| {m} | {dom} | {n} | {po:.2} | {pl:.2} | {a:.4} | {k:.5} |"
+        )?;
     }
     std::fs::write(cli.out.join("results.md"), &md)?;
     if !cli.quiet {
         print!("{md}");
-        println!("wrote {}/results.json and results.md in {:.0} s", cli.out.display(), start.elapsed().as_secs_f64());
+        println!(
+            "wrote {}/results.json and results.md in {:.0} s",
+            cli.out.display(),
+            start.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }

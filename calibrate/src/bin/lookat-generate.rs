@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use lookat_calibrate::decode::{argmax, log_softmax, Decoder};
+use lookat_calibrate::decode::{argmax, teacher_forced, Decoder};
 use lookat_calibrate::{runtime, tokenizer};
 
 /// Greedy generation with the original and the calibrated model side by side, then
@@ -99,33 +99,16 @@ fn run(cli: &Cli) -> Result<()> {
     if ids.len() < 2 {
         bail!("held-out text '{}' is too short", path.display());
     }
-    original.reset()?;
-    lookat.reset()?;
-    let (mut nll_o, mut nll_l, mut agree, mut kl) = (0f64, 0f64, 0usize, 0f64);
-    let steps = ids.len() - 1;
-    for t in 0..steps {
-        let lo = original.step(&ids[t..t + 1])?.pop().unwrap_or_default();
-        let ll = lookat.step(&ids[t..t + 1])?.pop().unwrap_or_default();
-        let (po, pl) = (log_softmax(&lo), log_softmax(&ll));
-        let target = ids[t + 1] as usize;
-        nll_o -= po[target];
-        nll_l -= pl[target];
-        agree += usize::from(argmax(&lo) == argmax(&ll));
-        kl += po
-            .iter()
-            .zip(&pl)
-            .map(|(a, b)| a.exp() * (a - b))
-            .sum::<f64>();
-    }
-    let n = steps as f64;
+    let c = teacher_forced(&mut original, &mut lookat, &ids)?;
     println!(
-        "held-out '{}', {steps} decode steps from an empty cache: perplexity original {:.2}, lookat {:.2}; \
+        "held-out '{}', {} decode steps from an empty cache: perplexity original {:.2}, lookat {:.2}; \
          next-token top-1 agreement {:.4}; mean KL(original || lookat) {:.5} nats",
         path.display(),
-        (nll_o / n).exp(),
-        (nll_l / n).exp(),
-        agree as f64 / n,
-        kl / n
+        c.steps,
+        c.ppl_original,
+        c.ppl_lookat,
+        c.top1_agreement,
+        c.kl
     );
     Ok(())
 }
