@@ -614,3 +614,32 @@ fn long_prefill_and_decode_over_many_blocks() {
         check_case::<f16>(c, &mut rng, true);
     }
 }
+
+/// The prepared (transposed, vectorized) codebook gives the reference functions' results exactly.
+#[test]
+fn prepared_codebook_equals_reference_functions() {
+    use lookat_op::kernels::{build_lut, encode_key, PreparedCodebook};
+    let mut rng = Rng(31);
+    for (m, k, sub) in [
+        (1, 256, 64),
+        (4, 256, 16),
+        (8, 16, 8),
+        (64, 256, 1),
+        (3, 5, 4),
+    ] {
+        let book = rng.vec(m * k * sub, 1.5);
+        let prepared = PreparedCodebook::new(&book, m, k, sub);
+        let mut dist = vec![0.0; k];
+        for _ in 0..20 {
+            let x = rng.vec(m * sub, 1.5);
+            let (mut want, mut got) = (vec![0.0; m * k], vec![0.0; m * k]);
+            build_lut(&x, &book, k, m, 0.3, &mut want);
+            prepared.build_lut(&x, 0.3, &mut got);
+            assert_eq!(want, got, "lut m={m} k={k}");
+            let (mut cw, mut cg) = (vec![0u8; m], vec![0u8; m]);
+            encode_key(&x, &book, k, &mut cw);
+            prepared.encode(&x, &mut cg, &mut dist);
+            assert_eq!(cw, cg, "codes m={m} k={k}");
+        }
+    }
+}

@@ -6,7 +6,7 @@
 
 use super::geometry::invalid;
 use super::{
-    adc_scores, build_lut, encode_key, Geometry, LookatError, OnlineSoftmax, ParallelFor, ValueElem,
+    adc_scores, Geometry, LookatError, OnlineSoftmax, ParallelFor, PreparedCodebook, ValueElem,
 };
 
 /// Tokens scored per step: scores and value rows of a block stay in L1/L2.
@@ -149,7 +149,9 @@ pub fn lookat_attention<V: ValueElem>(
     let sub = g.sub_dim();
     let task = |bh: usize| {
         let (b, h) = (bh / h_n, bh % h_n);
-        let codebook = &inp.codebooks[h * m * k * sub..][..m * k * sub];
+        let codebook =
+            PreparedCodebook::new(&inp.codebooks[h * m * k * sub..][..m * k * sub], m, k, sub);
+        let mut dist = vec![0.0f32; k];
         // SAFETY: task (b, h) alone owns the [b, h] block of the present tensors.
         let codes = unsafe { codes_out.slice(bh * t_n * m, t_n * m) };
         // SAFETY: as above.
@@ -162,7 +164,7 @@ pub fn lookat_attention<V: ValueElem>(
         // below, while the first query chunk reads it, so past values cross memory once.
         for s in 0..s_n {
             let key = &inp.key[new_row(s)..][..d];
-            encode_key(key, codebook, k, &mut codes[(p_n + s) * m..][..m]);
+            codebook.encode(key, &mut codes[(p_n + s) * m..][..m], &mut dist);
             let src = &inp.value[new_row(s)..][..d];
             for (dst, &v) in values[(p_n + s) * d..][..d].iter_mut().zip(src) {
                 *dst = V::from_f32(v);
@@ -181,7 +183,7 @@ pub fn lookat_attention<V: ValueElem>(
             let queries = first..(first + QUERY_CHUNK).min(s_n);
             let mut luts = vec![0.0f32; queries.len() * m * k];
             for (s, lut) in queries.clone().zip(luts.chunks_exact_mut(m * k)) {
-                build_lut(&inp.query[new_row(s)..][..d], codebook, k, m, scale, lut);
+                codebook.build_lut(&inp.query[new_row(s)..][..d], scale, lut);
             }
             let mut states: Vec<OnlineSoftmax> =
                 queries.clone().map(|_| OnlineSoftmax::new(d)).collect();

@@ -2,6 +2,7 @@
 
 mod adc;
 mod attention;
+mod codebook;
 mod encode;
 mod geometry;
 mod lut;
@@ -11,6 +12,7 @@ mod value;
 
 pub use adc::adc_scores;
 pub use attention::{lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs};
+pub use codebook::PreparedCodebook;
 pub use encode::{encode_key, nearest_centroid};
 pub use geometry::{Geometry, LookatError, ShapeInputs};
 pub use lut::build_lut;
