@@ -10,7 +10,7 @@ cargo fmt --all -- --check
 cargo clippy --release --workspace --all-targets --locked --quiet -- -D warnings
 
 echo "== cargo test (kernels, Rust host through ONNX Runtime)"
-cargo test --release --workspace --locked
+cargo test --release --workspace --locked --no-fail-fast
 
 echo "== pytest (Python onnxruntime with the plugin, fixtures)"
 "$LOOKAT_VENV/bin/python" -m pytest -q tests/python
