@@ -671,3 +671,105 @@ pub fn prune_to_outputs(graph: &mut GraphProto) {
         .input
         .retain(|i| read.contains(&i.name) || outputs.contains(&i.name));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+        let mut n = NodeProto::new();
+        n.op_type = op.into();
+        n.name = outputs[0].to_string();
+        n.input = inputs.iter().map(|s| s.to_string()).collect();
+        n.output = outputs.iter().map(|s| s.to_string()).collect();
+        n
+    }
+
+    fn value(name: &str) -> ValueInfoProto {
+        let mut v = ValueInfoProto::new();
+        v.name = name.into();
+        v
+    }
+
+    /// x -> a -> b -> y, with c dead; nodes stored out of order.
+    fn graph() -> GraphProto {
+        let mut g = GraphProto::new();
+        g.input.push(value("x"));
+        g.output.push(value("y"));
+        g.node = vec![
+            node("Relu", &["a"], &["b"]),
+            node("Neg", &["b"], &["y"]),
+            node("Abs", &["x"], &["c"]),
+            node("Exp", &["x"], &["a"]),
+        ];
+        g
+    }
+
+    #[test]
+    fn sorts_topologically_and_keeps_unrelated_order() {
+        let mut g = graph();
+        topological_sort(&mut g).unwrap();
+        let order: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(order, ["Abs", "Exp", "Relu", "Neg"]);
+        check_consistency(&g).unwrap();
+    }
+
+    #[test]
+    fn a_cycle_is_an_error() {
+        let mut g = graph();
+        g.node.push(node("Identity", &["y"], &["a"])); // a produced twice and a loop
+        assert!(check_consistency(&g)
+            .unwrap_err()
+            .to_string()
+            .contains("produced twice"));
+        g.node.retain(|n| n.op_type != "Exp");
+        assert!(topological_sort(&mut g)
+            .unwrap_err()
+            .to_string()
+            .contains("cycle"));
+    }
+
+    #[test]
+    fn dead_nodes_and_unread_inputs_go() {
+        let mut g = graph();
+        g.input.push(value("unused"));
+        prune_to_outputs(&mut g);
+        assert_eq!(g.node.len(), 3);
+        assert!(!g.node.iter().any(|n| n.op_type == "Abs"));
+        assert_eq!(g.input.len(), 1);
+    }
+
+    #[test]
+    fn consistency_names_a_missing_tensor() {
+        let mut g = graph();
+        g.node.retain(|n| n.op_type != "Relu");
+        let err = check_consistency(&g).unwrap_err().to_string();
+        assert!(
+            err.contains("Neg 'y' reads 'b', which nothing produces"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn no_attention_is_a_refusal_listing_the_patterns() {
+        let mut model = ModelProto::new();
+        model.graph = Some(graph()).into();
+        let err = rewrite(
+            &mut model,
+            &Options {
+                subspaces: 4,
+                centroids: 256,
+                value_dtype: ValueDtype::F32,
+            },
+        )
+        .unwrap_err();
+        let refusal = err.downcast_ref::<Refusal>().expect("a refusal");
+        let text = refusal.to_string();
+        assert!(
+            text.contains("no attention block found")
+                && text.contains("scaled-scores")
+                && text.contains("com.microsoft::MultiHeadAttention"),
+            "{text}"
+        );
+    }
+}
