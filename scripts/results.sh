@@ -17,3 +17,4 @@ mkdir -p "$out"
 rm -f "$out"/calibrated-m*.onnx "$out"/weights.bin   # large, and made again by this script
 "$LOOKAT_VENV/bin/python" scripts/plot_results.py "$out/results.json"
 cat "$out/results.md"
+"$LOOKAT_VENV/bin/python" scripts/results_md.py
