@@ -12,5 +12,8 @@ cargo clippy --release --workspace --all-targets --locked --quiet -- -D warnings
 echo "== cargo test (kernels, Rust host through ONNX Runtime)"
 cargo test --release --workspace --locked --no-fail-fast
 
+echo "== ARM64: cross-built plugin and tests under qemu, inside aarch64 onnxruntime"
+"$LOOKAT_ROOT/scripts/arm64.sh"
+
 echo "== pytest (Python onnxruntime with the plugin, fixtures)"
 "$LOOKAT_VENV/bin/python" -m pytest -q tests/python

@@ -59,7 +59,13 @@ pub fn ort_env() -> &'static ort::environment::Environment {
 }
 
 /// A session over `model` with the plugin registered.
+///
+/// Sessions are created one at a time: onnxruntime (seen with 1.31.1) adds a custom op domain to a
+/// process-global map with an unlocked check-then-insert, so two first-time registrations racing
+/// fail with "Trying to add a domain to DomainToVersion map, but the domain is already exist".
 pub fn session(model: &[u8], threads: usize) -> ort::session::Session {
+    static CREATE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = CREATE.lock().unwrap_or_else(|e| e.into_inner());
     let builder = ort::session::Session::builder(ort_env()).expect("session builder");
     let builder = builder
         .with_intra_threads(threads)

@@ -1,7 +1,10 @@
 //! The innermost loop of the op, `acc += p · value_row`, behind one entry per value type, with a
-//! run-time choice of implementation: AVX2+FMA(+F16C) on x86_64 when the CPU has them, scalar
-//! otherwise. The scalar versions are the reference the SIMD ones are tested against.
+//! run-time choice of implementation: AVX2+FMA(+F16C) on x86_64 when the CPU has them, NEON on
+//! aarch64, scalar otherwise (or when `LOOKAT_FORCE_SCALAR` is set). The scalar versions are the
+//! reference the SIMD ones are tested against.
 
+#[cfg(target_arch = "aarch64")]
+pub mod arm;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
@@ -14,6 +17,10 @@ pub fn simd_level() -> &'static str {
     if x86::available() {
         return "avx2+fma+f16c";
     }
+    #[cfg(target_arch = "aarch64")]
+    if arm::available() {
+        return "neon";
+    }
     "scalar"
 }
 
@@ -25,6 +32,12 @@ pub fn axpy_f32(acc: &mut [f32], p: f32, row: &[f32]) {
         unsafe { x86::axpy_f32(acc, p, row) };
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if arm::available() {
+        // SAFETY: the CPU supports NEON (checked at run time).
+        unsafe { arm::axpy_f32(acc, p, row) };
+        return;
+    }
     scalar::axpy_f32(acc, p, row)
 }
 
@@ -34,6 +47,12 @@ pub fn axpy_f16(acc: &mut [f32], p: f32, row: &[f16]) {
     if x86::available() {
         // SAFETY: as above.
         unsafe { x86::axpy_f16(acc, p, row) };
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if arm::available() {
+        // SAFETY: as above.
+        unsafe { arm::axpy_f16(acc, p, row) };
         return;
     }
     scalar::axpy_f16(acc, p, row)
