@@ -11,7 +11,8 @@ use half::f16;
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
-        std::env::var_os("LOOKAT_FORCE_SCALAR").is_none() && std::arch::is_aarch64_feature_detected!("neon")
+        std::env::var_os("LOOKAT_FORCE_SCALAR").is_none()
+            && std::arch::is_aarch64_feature_detected!("neon")
     })
 }
 
