@@ -217,3 +217,49 @@ fn half_to_f64(bits: u16) -> f64 {
         _ => sign * (1.0 + frac / 1024.0) * 2f64.powi(exp - 15),
     }
 }
+
+/// Inputs (at least) that the matchers read from each op type they look at, by position.
+const MIN_INPUTS: [(&str, usize); 17] = [
+    ("Softmax", 1),
+    ("MatMul", 2),
+    ("Mul", 2),
+    ("Div", 2),
+    ("Add", 2),
+    ("Where", 3),
+    ("Transpose", 1),
+    ("Reshape", 2),
+    ("Concat", 1),
+    ("Split", 1),
+    ("Cast", 1),
+    ("Gemm", 2),
+    ("Shape", 1),
+    ("Gather", 2),
+    ("Slice", 1),
+    ("IsNaN", 1),
+    ("Attention", 3),
+];
+
+/// The first node that has fewer inputs than its op needs, or no output: such a model is
+/// malformed, and refusing it up front keeps every matcher free of bounds checks.
+pub fn malformed_node(graph: &GraphProto) -> Option<String> {
+    graph.node.iter().find_map(|n| {
+        if n.output.is_empty() || n.output[0].is_empty() {
+            return Some(format!("node {} '{}' has no output", n.op_type, n.name));
+        }
+        let need = MIN_INPUTS
+            .iter()
+            .find(|(op, _)| is_op(n, op))
+            .map(|(_, k)| *k)
+            .or_else(|| {
+                (n.domain == "com.microsoft" && n.op_type == "MultiHeadAttention").then_some(1)
+            })?;
+        (n.input.len() < need).then(|| {
+            format!(
+                "node {} '{}' has {} input(s), the op needs at least {need}",
+                n.op_type,
+                n.name,
+                n.input.len()
+            )
+        })
+    })
+}

@@ -116,6 +116,9 @@ impl std::error::Error for Refusal {}
 /// Runs every matcher on every anchor node. Returns the blocks and, for `--explain`, one line per
 /// failed (pattern, anchor) pair.
 pub fn find_blocks(graph: &GraphProto) -> (Vec<AttentionBlock>, Vec<String>) {
+    if let Some(why) = crate::graph::malformed_node(graph) {
+        return (vec![], vec![format!("malformed model: {why}")]);
+    }
     let g = GraphIndex::new(graph);
     let mut blocks = vec![];
     let mut misses = vec![];
@@ -148,6 +151,9 @@ pub fn rewrite(model: &mut ModelProto, opts: &Options) -> Result<Report> {
         .count();
     if existing > 0 {
         return Err(Refusal::AlreadyRewritten(existing).into());
+    }
+    if let Some(why) = crate::graph::malformed_node(graph) {
+        bail!("malformed model: {why}");
     }
     let (blocks, misses) = find_blocks(graph);
     if blocks.is_empty() {

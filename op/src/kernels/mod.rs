@@ -4,6 +4,7 @@ mod adc;
 mod attention;
 mod codebook;
 mod encode;
+pub mod fuzz;
 mod geometry;
 mod lut;
 pub mod simd;

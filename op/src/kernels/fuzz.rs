@@ -1,0 +1,119 @@
+//! One entry point for fuzzers and their corpus replay: arbitrary bytes become shapes, an
+//! attribute, codes and float data (NaN and infinities included) for validation and the kernels.
+//! Any input must end in `Ok` or `Err`, never in a panic or an out-of-bounds access.
+
+use super::{
+    lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs, Geometry, Serial,
+    ShapeInputs,
+};
+
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+    fn small(&mut self, max: u8) -> i64 {
+        (self.byte() % (max + 1)) as i64
+    }
+    fn float(&mut self) -> f32 {
+        f32::from_le_bytes([self.byte(), self.byte(), self.byte(), self.byte()])
+    }
+}
+
+/// Returns whether the call was accepted (for statistics); never panics by contract.
+pub fn fuzz_attention(data: &[u8]) -> bool {
+    let mut b = Bytes(data);
+    let heads = b.small(4).max(1);
+    let head_dim = [1, 2, 4, 8, 12, 16][b.small(5) as usize];
+    let (batch, new, past) = (b.small(3), b.small(4), b.small(8));
+    let subspaces = [1, 2, 3, 4, 8, 16][b.small(5) as usize];
+    let centroids = [1, 2, 16, 255, 256, 257][b.small(5) as usize];
+    let e = heads * head_dim;
+    // Most shapes are consistent; a selector byte breaks one of them.
+    let mut q = vec![batch, new, e];
+    let mut k = q.clone();
+    let v = q.clone();
+    let mut pc = vec![batch, heads, past, subspaces];
+    let mut pv = vec![batch, heads, past, head_dim];
+    let mut mask = vec![batch, past + new];
+    let sub = if subspaces > 0 {
+        head_dim / subspaces
+    } else {
+        0
+    };
+    let mut cb = vec![heads, subspaces, centroids, sub];
+    match b.byte() % 12 {
+        0 => q[2] += 1,
+        1 => k[1] += 1,
+        2 => pc[2] += 1,
+        3 => pv[0] += 1,
+        4 => mask[1] -= 1,
+        5 => cb[0] += 1,
+        6 => cb.pop().map_or((), |_| ()),
+        7 => q.push(1),
+        8 => pc[3] = -1,
+        9 => mask[1] = i64::MAX,
+        _ => {}
+    }
+    let with_mask = b.byte() % 2 == 0;
+    let shapes = ShapeInputs {
+        query: &q,
+        key: &k,
+        value: &v,
+        past_key_codes: &pc,
+        past_value: &pv,
+        attention_mask: with_mask.then_some(mask.as_slice()),
+        codebooks: &cb,
+    };
+    let Ok(g) = Geometry::from_shapes(&shapes, heads) else {
+        return false;
+    };
+    let count = |s: &[i64]| s.iter().map(|&d| d.max(0) as usize).product::<usize>();
+    if count(&pv) + count(&cb) + count(&q) * 3 > 1 << 16 {
+        return false; // keep each run fast
+    }
+    let mut floats = |n: usize| (0..n).map(|_| b.float()).collect::<Vec<f32>>();
+    let (query, key, value) = (floats(count(&q)), floats(count(&k)), floats(count(&v)));
+    let past_value = floats(count(&pv));
+    let codebooks = floats(count(&cb));
+    let past_key_codes: Vec<u8> = (0..count(&pc)).map(|_| b.byte()).collect();
+    let mask_len = if with_mask { count(&mask) } else { 0 };
+    let attention_mask: Vec<i64> = (0..mask_len).map(|_| b.byte() as i64 % 3).collect();
+    let opts = AttentionOptions {
+        scale: (b.byte() % 2 == 0).then(|| b.float()),
+        exact_current: b.byte() % 2 == 0,
+    };
+    let t = g.total_tokens();
+    // A wrong output length now and then, to reach the length checks.
+    let skew = (b.byte() % 7 == 0) as usize;
+    let mut output = vec![0f32; g.batch * g.new_tokens * g.hidden() + skew];
+    let mut codes = vec![0u8; g.batch * g.heads * t * g.subspaces];
+    let mut values = vec![0f32; g.batch * g.heads * t * g.head_dim];
+    lookat_attention(
+        &g,
+        &opts,
+        &AttentionInputs {
+            query: &query,
+            key: &key,
+            value: &value,
+            past_key_codes: &past_key_codes,
+            past_value: &past_value,
+            attention_mask: with_mask.then_some(attention_mask.as_slice()),
+            codebooks: &codebooks,
+        },
+        AttentionOutputs {
+            output: &mut output,
+            present_key_codes: &mut codes,
+            present_value: &mut values,
+        },
+        &Serial,
+    )
+    .is_ok()
+}
