@@ -273,3 +273,12 @@ def test_help_documents_every_flag():
     out = subprocess.run([str(REWRITE), "--help"], capture_output=True, text=True, check=True).stdout
     for flag in ["--output", "--subspaces", "--centroids", "--value-dtype", "--explain", "key_codes", "lookat-calibrate"]:
         assert flag in out, flag
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path):
+    src, _ = first_fixture(lambda f: True)
+    proc = rewrite(src, tmp_path / "missing-dir" / "out.onnx", "--subspaces", "4", check=False)
+    assert proc.returncode == 1 and "output directory" in proc.stderr and "does not exist" in proc.stderr
+    # Root ignores permission bits, so "unwritable" is a path the kernel refuses to create files in.
+    proc = rewrite(src, pathlib.Path("/proc/lookat-out.onnx"), "--subspaces", "4", check=False)
+    assert proc.returncode == 1 and "cannot create" in proc.stderr, proc.stderr
