@@ -15,8 +15,10 @@ from test_rewrite import rewrite
 
 ORIGINAL = ROOT / "models/fixtures/trained/dyn18-eager-kv.onnx"
 BIN = ROOT / "target/release"
-# Thresholds, met with margin by the committed fixture (measured values are printed): top-1
-# agreement of next-token predictions, mean KL(original || lookat) in nats, perplexity ratio.
+# Thresholds on top-1 agreement of next-token predictions, mean KL(original || lookat) in nats and
+# the perplexity ratio, over 160 held-out prose tokens. Measured on the committed fixture (m = 4,
+# 12k calibration tokens): 0.950, 0.0018, 0.998; with the corrupted codebooks 0.575, 0.367, 1.37 —
+# each threshold separates the two with margin. The test prints both measurements.
 MIN_AGREEMENT = 0.85
 MAX_KL = 0.05
 MAX_PPL_RATIO = 1.10
