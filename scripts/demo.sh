@@ -8,6 +8,7 @@ cd "$LOOKAT_ROOT"
 
 model=models/fixtures/trained/dyn18-eager-kv.onnx
 out=out/demo
+rm -rf "$out"   # this script's own outputs from an earlier run
 mkdir -p "$out"
 bin=target/release
 
