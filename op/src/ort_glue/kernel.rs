@@ -324,87 +324,83 @@ impl LookatKernel {
         }
 
         let pool = OrtPool::new(api, ctx);
-        // SAFETY: every pointer below is a valid tensor of the checked type, with the element
-        // count its checked shape gives; inputs are only read, outputs are ours to write.
+        let tensors = CallTensors {
+            query,
+            key,
+            value,
+            past_codes,
+            past_value,
+            mask,
+            codebooks,
+            outputs: out_values,
+            shapes: out_shapes,
+        };
+        // SAFETY: every tensor was type-checked above and the outputs were just allocated with
+        // these shapes; the value cache's type is the kernel's `value_type`.
         unsafe {
-            let q = input_slice::<f32>(api, &query)?;
-            let k = input_slice::<f32>(api, &key)?;
-            let v = input_slice::<f32>(api, &value)?;
-            let pc = input_slice::<u8>(api, &past_codes)?;
-            let cb = input_slice::<f32>(api, &codebooks)?;
-            let mk = match &mask {
-                Some(m) => Some(input_slice::<i64>(api, m)?),
-                None => None,
-            };
-            let out = output_slice::<f32>(api, out_values[0], &out_shapes[0])?;
-            let codes = output_slice::<u8>(api, out_values[1], &out_shapes[1])?;
             if self.value_type == FLOAT {
-                run::<f32>(
-                    &g,
-                    &self.options,
-                    (q, k, v, pc, mk, cb),
-                    input_slice(api, &past_value)?,
-                    out,
-                    codes,
-                    output_slice(api, out_values[2], &out_shapes[2])?,
-                    &pool,
-                )?;
+                self.run_typed::<f32>(&g, &tensors, &pool)?;
             } else {
-                run::<f16>(
-                    &g,
-                    &self.options,
-                    (q, k, v, pc, mk, cb),
-                    input_slice(api, &past_value)?,
-                    out,
-                    codes,
-                    output_slice(api, out_values[2], &out_shapes[2])?,
-                    &pool,
-                )?;
+                self.run_typed::<f16>(&g, &tensors, &pool)?;
             }
         }
         pool.finish()
     }
 }
 
-type CommonInputs<'a> = (
-    &'a [f32],
-    &'a [f32],
-    &'a [f32],
-    &'a [u8],
-    Option<&'a [i64]>,
-    &'a [f32],
-);
+/// The tensors of one call, checked and allocated.
+struct CallTensors {
+    query: (*const OrtValue, TensorInfo),
+    key: (*const OrtValue, TensorInfo),
+    value: (*const OrtValue, TensorInfo),
+    past_codes: (*const OrtValue, TensorInfo),
+    past_value: (*const OrtValue, TensorInfo),
+    mask: Option<(*const OrtValue, TensorInfo)>,
+    codebooks: (*const OrtValue, TensorInfo),
+    outputs: [*mut OrtValue; 3],
+    shapes: [Vec<i64>; 3],
+}
 
-#[allow(clippy::too_many_arguments)]
-fn run<V: ValueElem>(
-    g: &Geometry,
-    options: &AttentionOptions,
-    (query, key, value, past_key_codes, attention_mask, codebooks): CommonInputs<'_>,
-    past_value: &[V],
-    output: &mut [f32],
-    present_key_codes: &mut [u8],
-    present_value: &mut [V],
-    pool: &OrtPool,
-) -> Result<(), LookatError> {
-    lookat_attention(
-        g,
-        options,
-        &AttentionInputs {
-            query,
-            key,
-            value,
-            past_key_codes,
-            past_value,
-            attention_mask,
-            codebooks,
-        },
-        AttentionOutputs {
-            output,
-            present_key_codes,
-            present_value,
-        },
-        pool,
-    )
+impl LookatKernel {
+    /// Runs the kernels with the value cache read and written as `V`.
+    ///
+    /// # Safety
+    /// The inputs must be valid tensors of the types they were checked to have, `V` the value
+    /// cache's element type, and the outputs freshly allocated with `shapes`.
+    unsafe fn run_typed<V: ValueElem>(
+        &self,
+        g: &Geometry,
+        t: &CallTensors,
+        pool: &OrtPool,
+    ) -> Result<(), LookatError> {
+        let api = self.api;
+        // SAFETY: guaranteed by the caller; inputs are only read, outputs are ours to write.
+        unsafe {
+            let attention_mask = match &t.mask {
+                Some(m) => Some(input_slice::<i64>(api, m)?),
+                None => None,
+            };
+            lookat_attention(
+                g,
+                &self.options,
+                &AttentionInputs {
+                    query: input_slice(api, &t.query)?,
+                    key: input_slice(api, &t.key)?,
+                    value: input_slice(api, &t.value)?,
+                    past_key_codes: input_slice(api, &t.past_codes)?,
+                    past_value: input_slice::<V>(api, &t.past_value)?,
+                    attention_mask,
+                    codebooks: input_slice(api, &t.codebooks)?,
+                },
+                AttentionOutputs {
+                    output: output_slice(api, t.outputs[0], &t.shapes[0])?,
+                    present_key_codes: output_slice(api, t.outputs[1], &t.shapes[1])?,
+                    present_value: output_slice::<V>(api, t.outputs[2], &t.shapes[2])?,
+                },
+                pool,
+            )
+        }
+    }
 }
 
 fn expect_type(name: &str, t: &TensorInfo, want: ONNXTensorElementDataType) -> Result<(), String> {
