@@ -147,10 +147,13 @@ pub fn lookat_attention<V: ValueElem>(
     let values_out = DisjointWriter(out.present_value.as_mut_ptr());
 
     let sub = g.sub_dim();
+    // Laid out once per head, not once per (batch row, head) task.
+    let codebooks: Vec<PreparedCodebook> = (0..h_n)
+        .map(|h| PreparedCodebook::new(&inp.codebooks[h * m * k * sub..][..m * k * sub], m, k, sub))
+        .collect();
     let task = |bh: usize| {
         let (b, h) = (bh / h_n, bh % h_n);
-        let codebook =
-            PreparedCodebook::new(&inp.codebooks[h * m * k * sub..][..m * k * sub], m, k, sub);
+        let codebook = &codebooks[h];
         let mut dist = vec![0.0f32; k];
         // SAFETY: task (b, h) alone owns the [b, h] block of the present tensors.
         let codes = unsafe { codes_out.slice(bh * t_n * m, t_n * m) };
