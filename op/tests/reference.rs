@@ -122,6 +122,7 @@ fn run_kernel<V: ValueElem>(
             past_value: &past_value,
             attention_mask: data.mask.as_deref(),
             codebooks: &data.codebooks,
+            prepared: None,
         },
         AttentionOutputs {
             output: &mut run.output,
@@ -263,12 +264,16 @@ fn max_abs_diff(a: &[f32], b: &[f64]) -> f64 {
 }
 
 fn check_case<V: ValueElem>(c: Case, rng: &mut Rng, round_f16: bool) {
+    check_case_on::<V>(c, rng, round_f16, &Serial)
+}
+
+fn check_case_on<V: ValueElem>(c: Case, rng: &mut Rng, round_f16: bool, par: &dyn ParallelFor) {
     let data = make_data(c, rng);
     let opts = AttentionOptions {
         scale: None,
         exact_current: c.exact_current,
     };
-    let run = run_kernel::<V>(&data, &opts, &Serial).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    let run = run_kernel::<V>(&data, &opts, par).unwrap_or_else(|e| panic!("{c:?}: {e}"));
     check_codes(&data, &run.codes);
     let reference = reference_output(&data, &run.codes, &opts, round_f16);
     let err = max_abs_diff(&run.output, &reference);
@@ -470,6 +475,10 @@ fn lossless_when_keys_are_centroids() {
 /// Runs tasks on scoped threads in a scrambled order.
 struct Threads(usize);
 impl ParallelFor for Threads {
+    fn parallelism(&self) -> usize {
+        self.0
+    }
+
     fn run(&self, tasks: usize, work: &(dyn Fn(usize) + Sync)) {
         std::thread::scope(|scope| {
             for worker in 0..self.0 {
@@ -562,35 +571,99 @@ fn fully_padded_query_rows_give_zeros_not_nan() {
         .all(|x| x.is_finite() && *x != 0.0));
 }
 
-/// The SIMD paths against the scalar reference on random rows of every length up to 67 (tails).
+/// The SIMD paths against the scalar reference on random blocks: every row width up to 67 and a
+/// few wide ones (column tails and strips), zero weights over NaN rows (skipped, not multiplied),
+/// the copy (exact), and streaming stores on aligned and unaligned destinations.
 #[test]
 fn simd_value_accumulation_matches_scalar() {
     use lookat_op::kernels::simd;
     let mut rng = Rng(77);
     println!("SIMD level: {}", simd::simd_level());
-    for n in 0..68 {
-        let row: Vec<f32> = rng.vec(n, 3.0);
-        let row16: Vec<f16> = row.iter().map(|&x| f16::from_f32(x)).collect();
-        let start: Vec<f32> = rng.vec(n, 1.0);
-        let p = rng.uniform();
-        let (mut a, mut b) = (start.clone(), start.clone());
-        simd::axpy_f32(&mut a, p, &row);
-        simd::scalar::axpy_f32(&mut b, p, &row);
-        for (x, y) in a.iter().zip(&b) {
-            assert!(
-                (x - y).abs() <= 1e-6 * (1.0 + y.abs()),
-                "f32 n={n}: {x} vs {y}"
-            );
+    let widths: Vec<usize> = (1..68).chain([96, 128, 136, 200]).collect();
+    for (case, &d) in widths.iter().enumerate() {
+        let n = case % 7 + (case % 3) * 5;
+        let mut rows: Vec<f32> = rng.vec(n * d, 3.0);
+        let mut probs: Vec<f32> = (0..n).map(|_| rng.uniform()).collect();
+        if n > 2 {
+            probs[1] = 0.0;
+            rows[d..2 * d].fill(f32::NAN);
+        }
+        let rows16: Vec<f16> = rows.iter().map(|&x| f16::from_f32(x)).collect();
+        let start: Vec<f32> = rng.vec(d, 1.0);
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                    "{what} d={d} n={n}: {x} vs {y}"
+                );
+            }
+        };
+        for stream in [false, true] {
+            // Offset 1 makes the destination unaligned for the streaming path.
+            for offset in [0, 1] {
+                let (mut a, mut b) = (start.clone(), start.clone());
+                let mut copy = vec![0.0f32; n * d + offset];
+                simd::accumulate_rows_f32(&mut a, &probs, &rows, Some(&mut copy[offset..]), stream);
+                simd::scalar::accumulate_rows_f32(&mut b, &probs, &rows, None);
+                close(&a, &b, "f32");
+                assert!(copy[offset..]
+                    .iter()
+                    .zip(&rows)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()));
+                let (mut a, mut b) = (start.clone(), start.clone());
+                let mut copy16 = vec![f16::ZERO; n * d + offset];
+                simd::accumulate_rows_f16(
+                    &mut a,
+                    &probs,
+                    &rows16,
+                    Some(&mut copy16[offset..]),
+                    stream,
+                );
+                simd::scalar::accumulate_rows_f16(&mut b, &probs, &rows16, None);
+                close(&a, &b, "f16");
+                assert!(copy16[offset..]
+                    .iter()
+                    .zip(&rows16)
+                    .all(|(x, y)| x.to_bits() == y.to_bits()));
+            }
         }
         let (mut a, mut b) = (start.clone(), start);
-        simd::axpy_f16(&mut a, p, &row16);
-        simd::scalar::axpy_f16(&mut b, p, &row16);
-        for (x, y) in a.iter().zip(&b) {
+        simd::accumulate_rows_f32(&mut a, &probs, &rows, None, false);
+        simd::scalar::accumulate_rows_f32(&mut b, &probs, &rows, None);
+        close(&a, &b, "f32 without copy");
+    }
+}
+
+/// The SIMD `exp` against the scalar one (libm) over the range softmax uses, `-inf` included.
+#[test]
+fn simd_exp_matches_scalar() {
+    use lookat_op::kernels::simd;
+    let mut rng = Rng(78);
+    for n in [0, 1, 7, 8, 9, 31, 64, 257] {
+        let mut x: Vec<f32> = (0..n).map(|_| -100.0 * rng.uniform().abs()).collect();
+        for (i, special) in [0.0, f32::NEG_INFINITY, -87.5, -86.9, -1e-7, 3.0]
+            .into_iter()
+            .enumerate()
+        {
+            if i < n {
+                x[i] = special;
+            }
+        }
+        let shift = if n % 2 == 0 { 0.0 } else { 1.5 };
+        let (mut a, mut b) = (x.clone(), x.clone());
+        simd::exp_shifted(&mut a, shift);
+        simd::scalar::exp_shifted(&mut b, shift);
+        for ((&got, &want), &xi) in a.iter().zip(&b).zip(&x) {
+            // Relative 1e-6 where the result is a normal float; below e^-87 both are ~0.
             assert!(
-                (x - y).abs() <= 1e-6 * (1.0 + y.abs()),
-                "f16 n={n}: {x} vs {y}"
+                (got - want).abs() <= 1e-6 * want + 1e-37,
+                "exp({xi} - {shift}): {got} vs {want}"
             );
         }
+        assert!(a
+            .iter()
+            .zip(&x)
+            .all(|(&got, &xi)| xi != f32::NEG_INFINITY || got == 0.0));
     }
 }
 
@@ -641,5 +714,33 @@ fn prepared_codebook_equals_reference_functions() {
             prepared.encode(&x, &mut cg, &mut dist);
             assert_eq!(cw, cg, "codes m={m} k={k}");
         }
+    }
+}
+
+/// Decode steps on few heads split each cache into token ranges on a pool that reports several
+/// threads (flash-decoding); the merged result still matches the f64 reference, masks, causal
+/// order of several new tokens and exact scoring of the current ones included.
+#[test]
+fn split_decode_matches_reference() {
+    let mut rng = Rng(909);
+    for (b, h, p, s, masked, exact_current) in [
+        (1, 1, 4000, 1, false, false),
+        (1, 2, 3000, 1, true, false),
+        (2, 1, 2100, 3, true, true),
+        (1, 1, 5000, 16, false, false),
+    ] {
+        let c = Case {
+            b,
+            h,
+            d: 64,
+            p,
+            s,
+            m: 4,
+            k: 256,
+            masked,
+            exact_current,
+        };
+        check_case_on::<f32>(c, &mut rng, false, &Threads(4));
+        check_case_on::<f16>(c, &mut rng, true, &Threads(3));
     }
 }

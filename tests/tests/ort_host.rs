@@ -105,6 +105,7 @@ fn decode_loop<
                 past_value: &past_values,
                 attention_mask: Some(&mask),
                 codebooks: &codebooks,
+                prepared: None,
             },
             AttentionOutputs {
                 output: &mut want_out,

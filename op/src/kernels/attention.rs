@@ -4,9 +4,11 @@
 //! Prefill (S > 1) and decode (S = 1) are the same code path: query `s` sits at position `P + s`
 //! and sees the tokens `0..=P + s` that the mask allows.
 
+use std::ops::Range;
+
 use super::geometry::invalid;
 use super::{
-    adc_scores, Geometry, LookatError, OnlineSoftmax, ParallelFor, PreparedCodebook, ValueElem,
+    adc_scores, Geometry, LookatError, OnlineSoftmax, ParallelFor, PreparedCodebooks, ValueElem,
 };
 
 /// Tokens scored per step: scores and value rows of a block stay in L1/L2.
@@ -14,6 +16,13 @@ const TOKEN_BLOCK: usize = 256;
 /// Queries processed together (their tables and accumulators stay in cache while the cache
 /// streams by once): all of a decode step, a slice of a prefill.
 const QUERY_CHUNK: usize = 16;
+/// When the (batch row, head) tasks of a call with at most [`QUERY_CHUNK`] queries are too few
+/// to keep every worker busy, each cache is split into token ranges of at least this many
+/// tokens, scanned in parallel and merged (flash-decoding).
+const SPLIT_MIN_TOKENS: usize = 1024;
+/// Present value caches at least this large are written with streaming stores: they do not fit
+/// in cache anyway, and streaming saves the read-for-ownership of every destination line.
+const STREAM_MIN_BYTES: usize = 8 << 20;
 
 /// Attribute values of the node.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -41,6 +50,9 @@ pub struct AttentionInputs<'a, V> {
     pub attention_mask: Option<&'a [i64]>,
     /// `[H, m, K, D/m]`
     pub codebooks: &'a [f32],
+    /// `codebooks` already laid out for the kernels (the op does that once per session when
+    /// they are an initializer); `None` lays them out in this call.
+    pub prepared: Option<&'a PreparedCodebooks>,
 }
 
 /// Flat, row-major output buffers.
@@ -83,7 +95,8 @@ fn check_len(name: &str, got: usize, want: usize) -> Result<(), LookatError> {
     }
 }
 
-/// Runs one LookatAttention call. `par` decides on which threads the (batch, head) tasks run.
+/// Runs one LookatAttention call. `par` decides on which threads the tasks run: one per
+/// (batch row, head), or per (batch row, head, token range) for short calls on few heads.
 pub fn lookat_attention<V: ValueElem>(
     g: &Geometry,
     opts: &AttentionOptions,
@@ -141,96 +154,359 @@ pub fn lookat_attention<V: ValueElem>(
         }
     }
 
-    let scale = opts.scale.unwrap_or(1.0 / (d as f32).sqrt());
-    let output = DisjointWriter(out.output.as_mut_ptr());
-    let codes_out = DisjointWriter(out.present_key_codes.as_mut_ptr());
-    let values_out = DisjointWriter(out.present_value.as_mut_ptr());
-
     let sub = g.sub_dim();
-    // Laid out once per head, not once per (batch row, head) task.
-    let codebooks: Vec<PreparedCodebook> = (0..h_n)
-        .map(|h| PreparedCodebook::new(&inp.codebooks[h * m * k * sub..][..m * k * sub], m, k, sub))
-        .collect();
-    let task = |bh: usize| {
-        let (b, h) = (bh / h_n, bh % h_n);
-        let codebook = &codebooks[h];
-        let mut dist = vec![0.0f32; k];
-        // SAFETY: task (b, h) alone owns the [b, h] block of the present tensors.
-        let codes = unsafe { codes_out.slice(bh * t_n * m, t_n * m) };
-        // SAFETY: as above.
-        let values = unsafe { values_out.slice(bh * t_n * d, t_n * d) };
-        let past_codes = &inp.past_key_codes[bh * p_n * m..][..p_n * m];
-        let past_values = &inp.past_value[bh * p_n * d..][..p_n * d];
-        let new_row = |s: usize| (b * s_n + s) * e + h * d;
+    let owned;
+    let books = match inp.prepared {
+        Some(p) if p.fits(h_n, m, k, sub) => p,
+        Some(_) => {
+            return Err(LookatError::Internal(
+                "prepared codebooks do not fit this call's shapes".into(),
+            ))
+        }
+        None => {
+            owned = PreparedCodebooks::new(inp.codebooks, h_n, m, k, sub);
+            &owned
+        }
+    };
+    let present_bytes = std::mem::size_of_val(out.present_value);
+    let call = Call {
+        g: *g,
+        inp,
+        books,
+        scale: opts.scale.unwrap_or(1.0 / (d as f32).sqrt()),
+        exact_current: opts.exact_current,
+        stream: present_bytes >= STREAM_MIN_BYTES,
+        output: DisjointWriter(out.output.as_mut_ptr()),
+        codes_out: DisjointWriter(out.present_key_codes.as_mut_ptr()),
+        values_out: DisjointWriter(out.present_value.as_mut_ptr()),
+    };
+    let tasks = b_n * h_n;
+    if s_n == 0 {
+        par.run(tasks, &|bh| {
+            // SAFETY: task bh alone owns the [b, h] block of the present tensors.
+            let (codes, values) = unsafe { call.present(bh, 0..t_n) };
+            codes.copy_from_slice(call.past_codes(bh));
+            values.copy_from_slice(call.past_values(bh));
+        });
+        return Ok(());
+    }
+    let splits = if s_n <= QUERY_CHUNK {
+        token_splits(tasks, t_n, par.parallelism())
+    } else {
+        1
+    };
+    if splits == 1 {
+        par.run(tasks, &|bh| call.run_head(bh));
+        return Ok(());
+    }
 
-        // This call's tokens go to the end of the cache first; the past is copied block by block
-        // below, while the first query chunk reads it, so past values cross memory once.
+    // Split scan: tables first (per head), then token ranges in parallel, then a merge.
+    let ranges = token_ranges(t_n, splits);
+    let table_len = s_n * m * k;
+    let mut tables = vec![0.0f32; tasks * table_len];
+    let tables_out = DisjointWriter(tables.as_mut_ptr());
+    par.run(tasks, &|bh| {
+        call.write_new_tokens(bh);
+        // SAFETY: task bh alone owns its tables.
+        let tables = unsafe { tables_out.slice(bh * table_len, table_len) };
+        call.build_tables(bh, 0..s_n, tables);
+    });
+    let mut partials = vec![OnlineSoftmax::new(d); tasks * ranges.len() * s_n];
+    let partials_out = DisjointWriter(partials.as_mut_ptr());
+    par.run(tasks * ranges.len(), &|task| {
+        let (bh, range) = (task / ranges.len(), ranges[task % ranges.len()].clone());
+        // SAFETY: this task alone owns its s_n states and rows `range` of the [b, h] present
+        // block (the rows of new tokens in it are only read).
+        let states = unsafe { partials_out.slice(task * s_n, s_n) };
+        let (codes, values) = unsafe { call.present(bh, range.clone()) };
+        let tables = &tables[bh * table_len..][..table_len];
+        call.scan(bh, 0..s_n, tables, states, range, codes, values, true);
+    });
+    for bh in 0..tasks {
         for s in 0..s_n {
-            let key = &inp.key[new_row(s)..][..d];
-            codebook.encode(key, &mut codes[(p_n + s) * m..][..m], &mut dist);
-            let src = &inp.value[new_row(s)..][..d];
-            for (dst, &v) in values[(p_n + s) * d..][..d].iter_mut().zip(src) {
+            let mut state = partials[bh * ranges.len() * s_n + s].clone();
+            for r in 1..ranges.len() {
+                state.merge(&partials[(bh * ranges.len() + r) * s_n + s]);
+            }
+            // SAFETY: the pool has returned; this thread alone writes the output now.
+            state.finish(unsafe { call.output_row(bh, s) });
+        }
+    }
+    Ok(())
+}
+
+/// Ranges of tokens per split: whole token blocks, as even as possible.
+fn token_ranges(tokens: usize, splits: usize) -> Vec<Range<usize>> {
+    let blocks_per_split = tokens.div_ceil(TOKEN_BLOCK).div_ceil(splits).max(1);
+    let step = blocks_per_split * TOKEN_BLOCK;
+    (0..tokens)
+        .step_by(step)
+        .map(|start| start..(start + step).min(tokens))
+        .collect()
+}
+
+/// Token ranges per (batch row, head): enough tasks for two per worker, none shorter than
+/// [`SPLIT_MIN_TOKENS`].
+fn token_splits(tasks: usize, tokens: usize, workers: usize) -> usize {
+    if workers <= 1 || tasks == 0 {
+        return 1;
+    }
+    (2 * workers)
+        .div_ceil(tasks)
+        .min(tokens / SPLIT_MIN_TOKENS)
+        .max(1)
+}
+
+/// What every task of one call shares: inputs, prepared codebooks and the output writers.
+struct Call<'a, V> {
+    g: Geometry,
+    inp: &'a AttentionInputs<'a, V>,
+    books: &'a PreparedCodebooks,
+    scale: f32,
+    exact_current: bool,
+    stream: bool,
+    output: DisjointWriter<f32>,
+    codes_out: DisjointWriter<u8>,
+    values_out: DisjointWriter<V>,
+}
+
+// SAFETY: the writers are only used at ranges one task owns (see each use); the rest is shared
+// read-only data.
+unsafe impl<V: ValueElem> Sync for Call<'_, V> {}
+
+impl<V: ValueElem> Call<'_, V> {
+    /// Flat offset of row (batch b, new token s) of head h in the `[B, S, H·D]` inputs.
+    fn new_row(&self, bh: usize, s: usize) -> usize {
+        let g = &self.g;
+        let (b, h) = (bh / g.heads, bh % g.heads);
+        (b * g.new_tokens + s) * g.hidden() + h * g.head_dim
+    }
+
+    fn past_codes(&self, bh: usize) -> &[u8] {
+        let (p, m) = (self.g.past_tokens, self.g.subspaces);
+        &self.inp.past_key_codes[bh * p * m..][..p * m]
+    }
+
+    fn past_values(&self, bh: usize) -> &[V] {
+        let (p, d) = (self.g.past_tokens, self.g.head_dim);
+        &self.inp.past_value[bh * p * d..][..p * d]
+    }
+
+    /// Rows `tokens` of the [b, h] block of the present codes and values.
+    ///
+    /// # Safety
+    /// No other live slice may overlap these rows.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn present(&self, bh: usize, tokens: Range<usize>) -> (&mut [u8], &mut [V]) {
+        let (t_n, m, d) = (self.g.total_tokens(), self.g.subspaces, self.g.head_dim);
+        let n = tokens.len();
+        // SAFETY: inside the [B, H, T, ·] buffers; exclusivity guaranteed by the caller.
+        unsafe {
+            (
+                self.codes_out.slice((bh * t_n + tokens.start) * m, n * m),
+                self.values_out.slice((bh * t_n + tokens.start) * d, n * d),
+            )
+        }
+    }
+
+    /// # Safety
+    /// No other live slice may overlap row (b, s) of head h of the output.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn output_row(&self, bh: usize, s: usize) -> &mut [f32] {
+        // SAFETY: D floats inside the output; exclusivity guaranteed by the caller.
+        unsafe { self.output.slice(self.new_row(bh, s), self.g.head_dim) }
+    }
+
+    /// Appends this call's tokens to the end of the [b, h] cache: codes of the keys, values.
+    fn write_new_tokens(&self, bh: usize) {
+        let g = &self.g;
+        let (p_n, s_n, m, d) = (g.past_tokens, g.new_tokens, g.subspaces, g.head_dim);
+        let book = self.books.head(bh % g.heads);
+        // SAFETY: rows P.. of the [b, h] block belong to the task that calls this (once per call).
+        let (codes, values) = unsafe { self.present(bh, p_n..p_n + s_n) };
+        let mut dist = vec![0.0f32; g.centroids];
+        for s in 0..s_n {
+            let row = self.new_row(bh, s);
+            book.encode(
+                &self.inp.key[row..][..d],
+                &mut codes[s * m..][..m],
+                &mut dist,
+            );
+            for (dst, &v) in values[s * d..][..d]
+                .iter_mut()
+                .zip(&self.inp.value[row..][..d])
+            {
                 *dst = V::from_f32(v);
             }
         }
-        if s_n == 0 {
-            codes[..p_n * m].copy_from_slice(past_codes);
-            values[..p_n * d].copy_from_slice(past_values);
-            return;
-        }
+    }
 
-        let mask = inp.attention_mask.map(|mk| &mk[b * t_n..][..t_n]);
-        let allowed = |t: usize| mask.is_none_or(|mk| mk[t] != 0);
-        let mut scores = vec![0.0f32; TOKEN_BLOCK];
+    /// Lookup tables of queries `queries` of the [b, h] pair, `m·K` floats each.
+    fn build_tables(&self, bh: usize, queries: Range<usize>, tables: &mut [f32]) {
+        let (d, mk) = (self.g.head_dim, self.g.subspaces * self.g.centroids);
+        let book = self.books.head(bh % self.g.heads);
+        for (s, table) in queries.zip(tables.chunks_exact_mut(mk)) {
+            book.build_lut(
+                &self.inp.query[self.new_row(bh, s)..][..d],
+                self.scale,
+                table,
+            );
+        }
+    }
+
+    /// The whole of one (batch row, head): new tokens, then the queries chunk by chunk over the
+    /// full cache; the first chunk also copies the past into the present.
+    fn run_head(&self, bh: usize) {
+        let g = &self.g;
+        let (t_n, s_n, d, mk) = (
+            g.total_tokens(),
+            g.new_tokens,
+            g.head_dim,
+            g.subspaces * g.centroids,
+        );
+        self.write_new_tokens(bh);
+        // SAFETY: task bh alone owns the [b, h] block of the present tensors.
+        let (codes, values) = unsafe { self.present(bh, 0..t_n) };
+        let mut tables = vec![0.0f32; QUERY_CHUNK.min(s_n) * mk];
         for first in (0..s_n).step_by(QUERY_CHUNK) {
             let queries = first..(first + QUERY_CHUNK).min(s_n);
-            let mut luts = vec![0.0f32; queries.len() * m * k];
-            for (s, lut) in queries.clone().zip(luts.chunks_exact_mut(m * k)) {
-                codebook.build_lut(&inp.query[new_row(s)..][..d], scale, lut);
-            }
-            let mut states: Vec<OnlineSoftmax> =
-                queries.clone().map(|_| OnlineSoftmax::new(d)).collect();
-            let last_visible = p_n + queries.end; // exclusive bound over the chunk's queries
-            for start in (0..t_n).step_by(TOKEN_BLOCK) {
-                let end = (start + TOKEN_BLOCK).min(t_n);
-                if first == 0 && start < p_n {
-                    let past_end = end.min(p_n);
-                    codes[start * m..past_end * m]
-                        .copy_from_slice(&past_codes[start * m..past_end * m]);
-                    values[start * d..past_end * d]
-                        .copy_from_slice(&past_values[start * d..past_end * d]);
-                }
-                if start >= last_visible {
-                    continue; // still copying the past, but no query of this chunk sees it
-                }
-                for ((s, lut), state) in queries
-                    .clone()
-                    .zip(luts.chunks_exact(m * k))
-                    .zip(&mut states)
-                {
-                    let stop = end.min(p_n + s + 1);
-                    if stop <= start {
-                        continue;
-                    }
-                    let block = &mut scores[..stop - start];
-                    adc_scores(lut, &codes[start * m..stop * m], k, m, block);
-                    if opts.exact_current {
-                        let query = &inp.query[new_row(s)..][..d];
-                        for t in start.max(p_n)..stop {
-                            let key = &inp.key[new_row(t - p_n)..][..d];
-                            block[t - start] =
-                                scale * query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>();
-                        }
-                    }
-                    state.update(block, |i| allowed(start + i), &values[start * d..stop * d]);
-                }
-            }
+            let tables = &mut tables[..queries.len() * mk];
+            self.build_tables(bh, queries.clone(), tables);
+            let mut states = vec![OnlineSoftmax::new(d); queries.len()];
+            let copy_past = first == 0;
+            self.scan(
+                bh,
+                queries.clone(),
+                tables,
+                &mut states,
+                0..t_n,
+                codes,
+                values,
+                copy_past,
+            );
             for (s, state) in queries.zip(&states) {
-                // SAFETY: row (b, s) of head h: D floats that only task (b, h) writes.
-                state.finish(unsafe { output.slice(new_row(s), d) });
+                // SAFETY: row (b, s) of head h: D floats that only task bh writes.
+                state.finish(unsafe { self.output_row(bh, s) });
             }
         }
-    };
-    par.run(b_n * h_n, &task);
-    Ok(())
+    }
+
+    /// Scores cache rows `tokens` of the [b, h] pair for `queries` (tables and states in the
+    /// same order) and folds them into the states. `codes` / `values` are those rows of the
+    /// present block; with `copy_past`, the past rows among them are copied there first — the
+    /// values by the first query's pass, which reads them anyway (query `s` sees rows
+    /// `..= P + s`, so the first query sees every past row).
+    #[allow(clippy::too_many_arguments)]
+    fn scan(
+        &self,
+        bh: usize,
+        queries: Range<usize>,
+        tables: &[f32],
+        states: &mut [OnlineSoftmax],
+        tokens: Range<usize>,
+        codes: &mut [u8],
+        values: &mut [V],
+        copy_past: bool,
+    ) {
+        let g = &self.g;
+        let (p_n, t_n, m, k, d) = (
+            g.past_tokens,
+            g.total_tokens(),
+            g.subspaces,
+            g.centroids,
+            g.head_dim,
+        );
+        let base = tokens.start;
+        let (past_codes, past_values) = (self.past_codes(bh), self.past_values(bh));
+        let mask = self
+            .inp
+            .attention_mask
+            .map(|mk| &mk[(bh / g.heads) * t_n..][..t_n]);
+        let mut scores = vec![0.0f32; TOKEN_BLOCK];
+        for start in tokens.clone().step_by(TOKEN_BLOCK) {
+            let end = (start + TOKEN_BLOCK).min(tokens.end);
+            let past_end = end.min(p_n).max(start);
+            if copy_past && start < past_end {
+                codes[(start - base) * m..(past_end - base) * m]
+                    .copy_from_slice(&past_codes[start * m..past_end * m]);
+            }
+            for (i, ((s, table), state)) in queries
+                .clone()
+                .zip(tables.chunks_exact(m * k))
+                .zip(states.iter_mut())
+                .enumerate()
+            {
+                let copying = copy_past && i == 0 && start < past_end;
+                let stop = end.min(p_n + s + 1);
+                if stop <= start {
+                    continue; // causal: no query of this chunk sees these rows (nor the past)
+                }
+                let block = &mut scores[..stop - start];
+                adc_scores(
+                    table,
+                    &codes[(start - base) * m..(stop - base) * m],
+                    k,
+                    m,
+                    block,
+                );
+                if self.exact_current {
+                    let query = &self.inp.query[self.new_row(bh, s)..][..d];
+                    for t in start.max(p_n)..stop {
+                        let key = &self.inp.key[self.new_row(bh, t - p_n)..][..d];
+                        block[t - start] =
+                            self.scale * query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>();
+                    }
+                }
+                if let Some(mask) = mask {
+                    for (score, &allowed) in block.iter_mut().zip(&mask[start..stop]) {
+                        if allowed == 0 {
+                            *score = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                let any = state.absorb_scores(block);
+                let n_past = past_end - start;
+                if (any || copying) && n_past > 0 {
+                    // Past rows come from the past input (the copy's source), new ones from the
+                    // present, where this call's tokens were written first.
+                    let dst =
+                        copying.then(|| &mut values[(start - base) * d..(past_end - base) * d]);
+                    let src = &past_values[start * d..past_end * d];
+                    state.accumulate(&block[..n_past], src, dst, self.stream);
+                }
+                if any && stop > past_end {
+                    let rows = &values[(past_end - base) * d..(stop - base) * d];
+                    state.accumulate(&block[n_past..], rows, None, false);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_only_when_heads_cannot_fill_the_workers() {
+        assert_eq!(token_splits(12, 4096, 2), 1); // 12 tasks keep 2 workers busy
+        assert_eq!(token_splits(12, 4096, 8), 2);
+        assert_eq!(token_splits(1, 4096, 8), 4); // capped by SPLIT_MIN_TOKENS
+        assert_eq!(token_splits(1, 1000, 8), 1);
+        assert_eq!(token_splits(1, 1 << 20, 1), 1);
+    }
+
+    #[test]
+    fn token_ranges_cover_the_cache_in_whole_blocks() {
+        for (tokens, splits) in [(4096, 4), (5001, 4), (1025, 2), (300, 3), (256, 2)] {
+            let ranges = token_ranges(tokens, splits);
+            assert!(ranges.len() <= splits && !ranges.is_empty());
+            assert_eq!(ranges[0].start, 0);
+            assert_eq!(ranges.last().unwrap().end, tokens);
+            for pair in ranges.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start);
+                assert_eq!(pair[0].end % TOKEN_BLOCK, 0);
+            }
+        }
+    }
 }

@@ -107,6 +107,7 @@ pub fn fuzz_attention(data: &[u8]) -> bool {
             past_value: &past_value,
             attention_mask: with_mask.then_some(attention_mask.as_slice()),
             codebooks: &codebooks,
+            prepared: None,
         },
         AttentionOutputs {
             output: &mut output,

@@ -13,7 +13,7 @@ mod value;
 
 pub use adc::adc_scores;
 pub use attention::{lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs};
-pub use codebook::PreparedCodebook;
+pub use codebook::{PreparedCodebook, PreparedCodebooks};
 pub use encode::{encode_key, nearest_centroid};
 pub use geometry::{Geometry, LookatError, ShapeInputs};
 pub use lut::build_lut;
@@ -25,6 +25,12 @@ pub use value::ValueElem;
 /// The op runs on ONNX Runtime's intra-op pool through this trait; tests use [`Serial`].
 pub trait ParallelFor: Sync {
     fn run(&self, tasks: usize, work: &(dyn Fn(usize) + Sync));
+
+    /// Threads that may run tasks at once; the kernels split work finer when it is larger than
+    /// the natural task count.
+    fn parallelism(&self) -> usize {
+        1
+    }
 }
 
 /// Runs every task on the calling thread, in order.

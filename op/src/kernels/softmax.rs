@@ -3,7 +3,10 @@
 use super::ValueElem;
 
 /// Softmax-weighted value sum in one pass over token blocks (no stored probabilities): a running
-/// maximum, a running denominator and an accumulator rescaled whenever the maximum grows.
+/// maximum, a running denominator and an accumulator rescaled whenever the maximum grows. States
+/// over disjoint token ranges merge exactly ([`OnlineSoftmax::merge`]), which is what lets one
+/// query's cache be split over threads.
+#[derive(Clone)]
 pub struct OnlineSoftmax {
     max: f32,
     sum: f32,
@@ -19,37 +22,57 @@ impl OnlineSoftmax {
         }
     }
 
-    /// Adds tokens with `scores` and value rows `values` (`scores.len() × D`); tokens whose
-    /// `allowed` is false are skipped.
-    pub fn update<V: ValueElem>(
-        &mut self,
-        scores: &[f32],
-        allowed: impl Fn(usize) -> bool,
-        values: &[V],
-    ) {
-        let d = self.acc.len();
-        let mut block_max = f32::NEG_INFINITY;
-        for (t, &s) in scores.iter().enumerate() {
-            if allowed(t) && s > block_max {
-                block_max = s;
-            }
-        }
+    /// Turns one block's scores (masked tokens `-inf`) into weights relative to the running
+    /// maximum, in place, rescaling what was accumulated when the maximum grows. Returns false,
+    /// with all weights 0, when every score is `-inf`.
+    pub fn absorb_scores(&mut self, scores: &mut [f32]) -> bool {
+        let block_max = scores
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &s| if s > m { s } else { m });
         if block_max == f32::NEG_INFINITY {
-            return;
+            scores.fill(0.0);
+            return false;
         }
         if block_max > self.max {
-            let c = (self.max - block_max).exp(); // 0 on the first block
-            self.sum *= c;
-            super::simd::scale(&mut self.acc, c);
-            self.max = block_max;
+            self.rescale(block_max);
         }
-        for (t, (&s, row)) in scores.iter().zip(values.chunks_exact(d)).enumerate() {
-            if allowed(t) {
-                let p = (s - self.max).exp();
-                self.sum += p;
-                V::accumulate(&mut self.acc, p, row);
-            }
+        super::simd::exp_shifted(scores, self.max);
+        self.sum += scores.iter().sum::<f32>();
+        true
+    }
+
+    /// Adds `Σ_t weights[t] · rows[t]` (weights from [`Self::absorb_scores`]); with `copy_to`,
+    /// copies the rows there in the same pass.
+    pub fn accumulate<V: ValueElem>(
+        &mut self,
+        weights: &[f32],
+        rows: &[V],
+        copy_to: Option<&mut [V]>,
+        stream: bool,
+    ) {
+        V::accumulate_rows(&mut self.acc, weights, rows, copy_to, stream);
+    }
+
+    /// Folds in a state over other tokens of the same query.
+    pub fn merge(&mut self, other: &OnlineSoftmax) {
+        if other.max == f32::NEG_INFINITY {
+            return;
         }
+        if other.max > self.max {
+            self.rescale(other.max);
+        }
+        let c = (other.max - self.max).exp();
+        self.sum += c * other.sum;
+        for (a, &o) in self.acc.iter_mut().zip(&other.acc) {
+            *a += c * o;
+        }
+    }
+
+    fn rescale(&mut self, new_max: f32) {
+        let c = (self.max - new_max).exp(); // 0 while nothing was absorbed
+        self.sum *= c;
+        super::simd::scale(&mut self.acc, c);
+        self.max = new_max;
     }
 
     /// Writes the normalised result; zeros when no token was allowed.

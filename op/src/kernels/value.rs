@@ -5,8 +5,15 @@ pub trait ValueElem: Copy + Send + Sync + 'static {
     const NAME: &'static str;
     fn to_f32(self) -> f32;
     fn from_f32(x: f32) -> Self;
-    /// `acc += p · row`, the innermost loop of value aggregation.
-    fn accumulate(acc: &mut [f32], p: f32, row: &[Self]);
+    /// `acc += Σ_t probs[t] · rows[t]`, optionally copying the rows; see
+    /// [`super::simd::accumulate_rows_f32`].
+    fn accumulate_rows(
+        acc: &mut [f32],
+        probs: &[f32],
+        rows: &[Self],
+        copy_to: Option<&mut [Self]>,
+        stream: bool,
+    );
 }
 
 impl ValueElem for f32 {
@@ -20,8 +27,14 @@ impl ValueElem for f32 {
         x
     }
     #[inline(always)]
-    fn accumulate(acc: &mut [f32], p: f32, row: &[Self]) {
-        super::simd::axpy_f32(acc, p, row)
+    fn accumulate_rows(
+        acc: &mut [f32],
+        probs: &[f32],
+        rows: &[Self],
+        copy_to: Option<&mut [Self]>,
+        stream: bool,
+    ) {
+        super::simd::accumulate_rows_f32(acc, probs, rows, copy_to, stream)
     }
 }
 
@@ -36,7 +49,13 @@ impl ValueElem for f16 {
         f16::from_f32(x)
     }
     #[inline(always)]
-    fn accumulate(acc: &mut [f32], p: f32, row: &[Self]) {
-        super::simd::axpy_f16(acc, p, row)
+    fn accumulate_rows(
+        acc: &mut [f32],
+        probs: &[f32],
+        rows: &[Self],
+        copy_to: Option<&mut [Self]>,
+        stream: bool,
+    ) {
+        super::simd::accumulate_rows_f16(acc, probs, rows, copy_to, stream)
     }
 }

@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use half::f16;
 use ort_sys::{ONNXTensorElementDataType, OrtKernelContext, OrtKernelInfo, OrtStatus, OrtValue};
@@ -12,7 +12,7 @@ use super::api::{elem_name, Api, TensorInfo};
 use super::op::{input, output};
 use crate::kernels::{
     lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs, Geometry, LookatError,
-    ParallelFor, ShapeInputs, ValueElem,
+    ParallelFor, PreparedCodebooks, ShapeInputs, ValueElem,
 };
 
 use ONNXTensorElementDataType::{
@@ -27,8 +27,8 @@ pub(crate) struct LookatKernel {
     num_heads: i64,
     options: AttentionOptions,
     value_type: ONNXTensorElementDataType,
-    /// True when the codebooks are an initializer, checked once at creation.
-    codebooks_checked: bool,
+    /// The codebooks checked and laid out once at creation, when they are an initializer.
+    prepared: Option<PreparedCodebooks>,
 }
 
 /// Reads a string the two-call way (size, then bytes).
@@ -118,7 +118,7 @@ impl LookatKernel {
                 exact_current: exact_current == 1,
             },
             value_type,
-            codebooks_checked: false,
+            prepared: None,
         };
 
         let mut is_constant = 0;
@@ -134,16 +134,17 @@ impl LookatKernel {
         });
         if found && is_constant != 0 && !value.is_null() {
             // SAFETY: value is a valid constant tensor.
-            unsafe { kernel.check_codebooks(value) }
+            let prepared = unsafe { kernel.check_codebooks(value) }
                 .map_err(|e| format!("{}: {e}", kernel.node))?;
-            kernel.codebooks_checked = true;
+            kernel.prepared = Some(prepared);
         }
         Ok(kernel)
     }
 
-    /// Shape, head count and finiteness of the codebooks. Non-finite codebooks are what an
-    /// uncalibrated rewritten model carries, so the message says what to do.
-    unsafe fn check_codebooks(&self, value: *const OrtValue) -> Result<(), String> {
+    /// Shape, head count and finiteness of the codebooks (non-finite codebooks are what an
+    /// uncalibrated rewritten model carries, so the message says what to do); then their layout
+    /// for the kernels.
+    unsafe fn check_codebooks(&self, value: *const OrtValue) -> Result<PreparedCodebooks, String> {
         // SAFETY: value is a valid tensor (caller).
         let info = unsafe { self.api.tensor_info(value) }?;
         expect_type("codebooks", &info, FLOAT)?;
@@ -175,7 +176,10 @@ impl LookatKernel {
                 data[pos]
             ));
         }
-        Ok(())
+        let dims: Vec<usize> = info.shape.iter().map(|&n| n as usize).collect();
+        Ok(PreparedCodebooks::new(
+            data, dims[0], dims[1], dims[2], dims[3],
+        ))
     }
 
     /// Runs compute behind `catch_unwind`; the result is ORT's status (null = success).
@@ -291,10 +295,15 @@ impl LookatKernel {
             },
             self.num_heads,
         )?;
-        if !self.codebooks_checked {
-            // SAFETY: a valid float tensor input.
-            unsafe { self.check_codebooks(codebooks.0) }.map_err(invalid)?;
-        }
+        let per_call;
+        let prepared = match &self.prepared {
+            Some(prepared) => prepared,
+            None => {
+                // SAFETY: a valid float tensor input.
+                per_call = unsafe { self.check_codebooks(codebooks.0) }.map_err(invalid)?;
+                &per_call
+            }
+        };
 
         let t_n = g.total_tokens() as i64;
         let out_shapes: [Vec<i64>; 3] = [
@@ -339,9 +348,9 @@ impl LookatKernel {
         // these shapes; the value cache's type is the kernel's `value_type`.
         unsafe {
             if self.value_type == FLOAT {
-                self.run_typed::<f32>(&g, &tensors, &pool)?;
+                self.run_typed::<f32>(&g, &tensors, prepared, &pool)?;
             } else {
-                self.run_typed::<f16>(&g, &tensors, &pool)?;
+                self.run_typed::<f16>(&g, &tensors, prepared, &pool)?;
             }
         }
         pool.finish()
@@ -371,6 +380,7 @@ impl LookatKernel {
         &self,
         g: &Geometry,
         t: &CallTensors,
+        prepared: &PreparedCodebooks,
         pool: &OrtPool,
     ) -> Result<(), LookatError> {
         let api = self.api;
@@ -391,6 +401,7 @@ impl LookatKernel {
                     past_value: input_slice::<V>(api, &t.past_value)?,
                     attention_mask,
                     codebooks: input_slice(api, &t.codebooks)?,
+                    prepared: Some(prepared),
                 },
                 AttentionOutputs {
                     output: output_slice(api, t.outputs[0], &t.shapes[0])?,
@@ -501,6 +512,13 @@ impl OrtPool {
 }
 
 impl ParallelFor for OrtPool {
+    /// The C API does not tell a kernel how many threads its session's pool has; the number of
+    /// CPUs is the default pool size and an upper bound in practice.
+    fn parallelism(&self) -> usize {
+        static CPUS: OnceLock<usize> = OnceLock::new();
+        *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
     fn run(&self, tasks: usize, work: &(dyn Fn(usize) + Sync)) {
         if tasks <= 1 {
             if catch_unwind(AssertUnwindSafe(|| (0..tasks).for_each(work))).is_err() {

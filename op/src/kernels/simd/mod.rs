@@ -1,7 +1,9 @@
-//! The innermost loop of the op, `acc += p · value_row`, behind one entry per value type, with a
-//! run-time choice of implementation: AVX2+FMA(+F16C) on x86_64 when the CPU has them, NEON on
-//! aarch64, scalar otherwise (or when `LOOKAT_FORCE_SCALAR` is set). The scalar versions are the
-//! reference the SIMD ones are tested against.
+//! The two inner loops of the op behind one entry each, with a run-time choice of
+//! implementation: AVX2+FMA+F16C on x86_64 when the CPU has them, NEON on aarch64, scalar
+//! otherwise (or when `LOOKAT_FORCE_SCALAR` is set). The scalar versions are the reference the
+//! SIMD ones are tested against.
+//!
+//! Both entries work on a whole block of tokens, so the dispatch is paid once per block.
 
 #[cfg(target_arch = "aarch64")]
 pub mod arm;
@@ -11,7 +13,7 @@ pub mod x86;
 
 use half::f16;
 
-/// Whether the AVX2 paths are used on this CPU.
+/// Whether the SIMD paths are used on this CPU.
 pub fn simd_level() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
@@ -24,38 +26,75 @@ pub fn simd_level() -> &'static str {
     "scalar"
 }
 
+/// `x[i] = exp(x[i] - shift)`; `-inf` (a masked token) gives exactly 0.
 #[inline]
-pub fn axpy_f32(acc: &mut [f32], p: f32, row: &[f32]) {
+pub fn exp_shifted(x: &mut [f32], shift: f32) {
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
-        // SAFETY: the CPU supports AVX2, FMA and F16C (checked at run time).
-        unsafe { x86::axpy_f32(acc, p, row) };
+        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
+        unsafe { x86::exp_shifted(x, shift) };
         return;
     }
     #[cfg(target_arch = "aarch64")]
     if arm::available() {
         // SAFETY: the CPU supports NEON (checked at run time).
-        unsafe { arm::axpy_f32(acc, p, row) };
+        unsafe { arm::exp_shifted(x, shift) };
         return;
     }
-    scalar::axpy_f32(acc, p, row)
+    scalar::exp_shifted(x, shift)
 }
 
+/// `acc[c] += Σ_t probs[t] · rows[t·D + c]` with `D = acc.len()`; rows with probability exactly
+/// 0 add nothing (a masked row may hold anything). With `copy_to`, every row is also copied
+/// there, in the same pass; `stream` asks for stores that bypass the cache (used for present
+/// caches too large to stay there; honoured on x86_64 when the destination is aligned).
 #[inline]
-pub fn axpy_f16(acc: &mut [f32], p: f32, row: &[f16]) {
+pub fn accumulate_rows_f32(
+    acc: &mut [f32],
+    probs: &[f32],
+    rows: &[f32],
+    copy_to: Option<&mut [f32]>,
+    stream: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        // SAFETY: the CPU supports AVX2, FMA and F16C (checked at run time).
+        unsafe { x86::accumulate_rows_f32(acc, probs, rows, copy_to, stream) };
+        return;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if arm::available() {
+        // SAFETY: the CPU supports NEON (checked at run time).
+        unsafe { arm::accumulate_rows_f32(acc, probs, rows, copy_to) };
+        return;
+    }
+    let _ = stream;
+    scalar::accumulate_rows_f32(acc, probs, rows, copy_to)
+}
+
+/// [`accumulate_rows_f32`] for float16 value rows.
+#[inline]
+pub fn accumulate_rows_f16(
+    acc: &mut [f32],
+    probs: &[f32],
+    rows: &[f16],
+    copy_to: Option<&mut [f16]>,
+    stream: bool,
+) {
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
         // SAFETY: as above.
-        unsafe { x86::axpy_f16(acc, p, row) };
+        unsafe { x86::accumulate_rows_f16(acc, probs, rows, copy_to, stream) };
         return;
     }
     #[cfg(target_arch = "aarch64")]
     if arm::available() {
         // SAFETY: as above.
-        unsafe { arm::axpy_f16(acc, p, row) };
+        unsafe { arm::accumulate_rows_f16(acc, probs, rows, copy_to) };
         return;
     }
-    scalar::axpy_f16(acc, p, row)
+    let _ = stream;
+    scalar::accumulate_rows_f16(acc, probs, rows, copy_to)
 }
 
 /// `acc *= c`.
