@@ -2,9 +2,12 @@
 onnxruntime sessions in this one process, same thread setting, side by side.
 
 Decode (S = 1) at T in {256, 1024, 4096, 16384} and B in {1, 4}, H = 12, D = 64; prefill at
-T in {256, 1024}. Prints median latency, ratios to MultiHeadAttention fp32, cache bytes per token
-and the achieved fraction of the memory bandwidth measured in this process. Usage:
-    .venv/bin/python scripts/bench.py [--quick] [--threads 2] [--json out.json]
+T in {256, 1024}. Variants of one shape take turns over several rounds, and each cycles over
+copies of its inputs so that caches come from DRAM (see timed_in_rounds, rotating). Prints median
+latency, ratios to MultiHeadAttention fp32, cache bytes per token and the achieved fraction of
+the memory bandwidth measured in this process; then the end-to-end decode of the trained fixture,
+original vs calibrated (scripts/bench_e2e.py; needs ./scripts/demo.sh run once). Usage:
+    .venv/bin/python scripts/bench.py [--quick] [--threads 2] [--no-e2e] [--json out.json]
 """
 
 import argparse
@@ -122,17 +125,38 @@ def session(m, threads):
     return ort.InferenceSession(m.SerializeToString(), o, providers=["CPUExecutionProvider"])
 
 
-def timed(sess, feeds, reps, budget_s=4.0):
-    sess.run(None, feeds)
-    times = []
-    start = time.perf_counter()
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append(time.perf_counter() - t0)
-        if time.perf_counter() - start > budget_s and len(times) >= 3:
-            break
-    return statistics.median(times)
+def timed_in_rounds(runs, rounds, per_round):
+    """Median seconds per run of each callable. Every round runs each variant in turn: a short
+    pause (so the previous session's pool threads stop spinning: each session has its own pool,
+    and a spinning one steals a core from the next), one untimed run, then `per_round` timed
+    runs. Several rounds spread machine noise over all variants alike."""
+    times = [[] for _ in runs]
+    for _ in range(rounds):
+        for run, ts in zip(runs, times):
+            time.sleep(0.01)
+            run()
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                run()
+                ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
+
+
+def rotating(sess, feeds, ring_bytes=64 << 20, max_copies=16):
+    """A run that cycles over copies of its inputs spanning at least `ring_bytes` (twice this
+    machine's 32 MB L3) where that takes at most `max_copies`: consecutive runs then read their
+    caches from DRAM, as a model does, where every other layer runs between two uses of a
+    layer's cache. Without it a repeated single-node run reads caches of up to ~30 MB from the
+    L3 and overstates every variant at T <= 4096."""
+    size = sum(v.nbytes for v in feeds.values())
+    copies = max(1, min(max_copies, -(-ring_bytes // max(size, 1))))
+    ring = [feeds] + [{k: v.copy() for k, v in feeds.items()} for _ in range(copies - 1)]
+    state = {"i": 0}
+
+    def run():
+        state["i"] = (state["i"] + 1) % len(ring)
+        sess.run(None, ring[state["i"]])
+    return run
 
 
 def bandwidth_gbs():
@@ -147,6 +171,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="T up to 4096, B = 1 only")
+    ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end fixture decode (needs ./scripts/demo.sh first)")
     ap.add_argument("--json")
     args = ap.parse_args()
     rng = np.random.default_rng(1)
@@ -191,25 +216,32 @@ def main():
             for t in lengths:
                 if mode == "prefill" and (t > 1024 or b > 1):
                     continue  # O(T²) attention prefill past 1024 tokens does not fit the 10-minute budget here
-                base = None
-                for name, sess, kind in sessions:
-                    if mode == "prefill" and kind in ("int8", "int4"):
-                        continue  # GQA's quantized cache is a decode path
-                    p, s = (t - 1, 1) if mode == "decode" else (0, t)
-                    feeds, per_token = feeds_for(kind, b, p, s)
-                    ms = timed(sess, feeds, reps=20 if t <= 4096 else 6) * 1e3
-                    base = ms if name == "mha fp32" else base
+                p, s = (t - 1, 1) if mode == "decode" else (0, t)
+                chosen = [(name, sess, kind) for name, sess, kind in sessions
+                          if not (mode == "prefill" and kind in ("int8", "int4"))]  # GQA's quantized cache is a decode path
+                feeds = [feeds_for(kind, b, p, s) for _, _, kind in chosen]
+                runs = [rotating(sess, f) for (_, sess, _), (f, _) in zip(chosen, feeds)]
+                long = t * b > 4096
+                medians = timed_in_rounds(runs, rounds=2 if long else 3, per_round=3 if long else 5)
+                del runs
+                base = medians[0] * 1e3
+                for (name, _, _), (_, per_token), sec in zip(chosen, feeds, medians):
+                    ms = sec * 1e3
                     # Bytes a decode step must move at least: read the past cache, write the present one.
                     moved = 2 * b * t * per_token
-                    frac = moved / (ms / 1e3) / (bw * 1e9) if mode == "decode" else float("nan")
-                    ratio = base / ms if base else float("nan")
-                    print(f"{mode:8} {b:>2} {t:>6} {name:22} {ms:9.3f} {ratio:6.2f}x {per_token:13.0f} {frac:7.2f}")
-                    results.append(dict(mode=mode, batch=b, tokens=t, variant=name, ms=ms, speedup_vs_mha=ratio,
+                    frac = moved / sec / (bw * 1e9) if mode == "decode" else float("nan")
+                    print(f"{mode:8} {b:>2} {t:>6} {name:22} {ms:9.3f} {base / ms:6.2f}x {per_token:13.0f} {frac:7.2f}")
+                    results.append(dict(mode=mode, batch=b, tokens=t, variant=name, ms=ms, speedup_vs_mha=base / ms,
                                         cache_bytes_per_token=per_token, bandwidth_fraction=frac))
                 print()
+    e2e = None
+    if not args.no_e2e:
+        print("== end to end: original vs calibrated trained fixture (scripts/bench_e2e.py)")
+        import bench_e2e
+        e2e = bench_e2e.main(["--threads", str(args.threads)])
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(dict(bandwidth_gbs=bw, threads=args.threads, onnxruntime=ort.__version__, results=results), fh, indent=1)
+            json.dump(dict(bandwidth_gbs=bw, threads=args.threads, onnxruntime=ort.__version__, results=results, end_to_end=e2e), fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -688,9 +688,11 @@ fn long_prefill_and_decode_over_many_blocks() {
     }
 }
 
-/// The prepared (transposed, vectorized) codebook gives the reference functions' results exactly.
+/// The prepared codebook (transposed, tiled, fused multiply-adds, expanded distances) against
+/// the naive reference functions: tables to float rounding, codes the nearest centroid up to
+/// ties within rounding (f64 distances), for single vectors and groups.
 #[test]
-fn prepared_codebook_equals_reference_functions() {
+fn prepared_codebook_matches_reference_functions() {
     use lookat_op::kernels::{build_lut, encode_key, PreparedCodebook};
     let mut rng = Rng(31);
     for (m, k, sub) in [
@@ -699,20 +701,44 @@ fn prepared_codebook_equals_reference_functions() {
         (8, 16, 8),
         (64, 256, 1),
         (3, 5, 4),
+        (2, 100, 32),
     ] {
         let book = rng.vec(m * k * sub, 1.5);
         let prepared = PreparedCodebook::new(&book, m, k, sub);
-        let mut dist = vec![0.0; k];
-        for _ in 0..20 {
-            let x = rng.vec(m * sub, 1.5);
-            let (mut want, mut got) = (vec![0.0; m * k], vec![0.0; m * k]);
-            build_lut(&x, &book, k, m, 0.3, &mut want);
-            prepared.build_lut(&x, 0.3, &mut got);
-            assert_eq!(want, got, "lut m={m} k={k}");
-            let (mut cw, mut cg) = (vec![0u8; m], vec![0u8; m]);
-            encode_key(&x, &book, k, &mut cw);
-            prepared.encode(&x, &mut cg, &mut dist);
-            assert_eq!(cw, cg, "codes m={m} k={k}");
+        for n in [1, 4, 7, 9] {
+            let xs: Vec<Vec<f32>> = (0..n).map(|_| rng.vec(m * sub, 1.5)).collect();
+            let (mut want, mut got) = (vec![0.0; n * m * k], vec![0.0; n * m * k]);
+            let (mut cw, mut cg) = (vec![0u8; n * m], vec![0u8; n * m]);
+            for (i, x) in xs.iter().enumerate() {
+                build_lut(x, &book, k, m, 0.3, &mut want[i * m * k..][..m * k]);
+                encode_key(x, &book, k, &mut cw[i * m..][..m]);
+            }
+            prepared.build_luts(n, |i| &xs[i], 0.3, &mut got);
+            prepared.encode_keys(n, |i| &xs[i], &mut cg);
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "lut m={m} k={k}: {g} vs {w}"
+                );
+            }
+            for (i, x) in xs.iter().enumerate() {
+                for j in 0..m {
+                    let part = &x[j * sub..(j + 1) * sub];
+                    let dist =
+                        |c: u8| subvector_dist2(part, &book[(j * k + c as usize) * sub..][..sub]);
+                    let (chosen, best) = (dist(cg[i * m + j]), dist(cw[i * m + j]));
+                    assert!(
+                        chosen <= best + 1e-5 * (1.0 + best),
+                        "code m={m} k={k} vector {i} subspace {j}: distance {chosen} vs {best}"
+                    );
+                }
+            }
+            let mut one = vec![0.0; m * k];
+            prepared.build_lut(&xs[0], 0.3, &mut one);
+            assert_eq!(one, got[..m * k], "single and grouped tables m={m} k={k}");
+            let mut one_code = vec![0u8; m];
+            prepared.encode(&xs[0], &mut one_code);
+            assert_eq!(one_code, cg[..m], "single and grouped codes m={m} k={k}");
         }
     }
 }

@@ -11,8 +11,12 @@ use super::{
     adc_scores, Geometry, LookatError, OnlineSoftmax, ParallelFor, PreparedCodebooks, ValueElem,
 };
 
-/// Tokens scored per step: scores and value rows of a block stay in L1/L2.
+/// Tokens scored per step when one query scans the cache: its scores and value rows stay in
+/// L1/L2, and per-block work (maximum, rescaling) is amortized.
 const TOKEN_BLOCK: usize = 256;
+/// Tokens per step when several queries scan together (prefill): a block of value rows
+/// (16 KiB of float32 at D = 64) stays in L1 while every query of the chunk reads it.
+const SHARED_TOKEN_BLOCK: usize = 64;
 /// Queries processed together (their tables and accumulators stay in cache while the cache
 /// streams by once): all of a decode step, a slice of a prefill.
 const QUERY_CHUNK: usize = 16;
@@ -324,14 +328,10 @@ impl<V: ValueElem> Call<'_, V> {
         let book = self.books.head(bh % g.heads);
         // SAFETY: rows P.. of the [b, h] block belong to the task that calls this (once per call).
         let (codes, values) = unsafe { self.present(bh, p_n..p_n + s_n) };
-        let mut dist = vec![0.0f32; g.centroids];
+        let key = |s: usize| &self.inp.key[self.new_row(bh, s)..][..d];
+        book.encode_keys(s_n, key, &mut codes[..s_n * m]);
         for s in 0..s_n {
             let row = self.new_row(bh, s);
-            book.encode(
-                &self.inp.key[row..][..d],
-                &mut codes[s * m..][..m],
-                &mut dist,
-            );
             for (dst, &v) in values[s * d..][..d]
                 .iter_mut()
                 .zip(&self.inp.value[row..][..d])
@@ -343,15 +343,10 @@ impl<V: ValueElem> Call<'_, V> {
 
     /// Lookup tables of queries `queries` of the [b, h] pair, `m·K` floats each.
     fn build_tables(&self, bh: usize, queries: Range<usize>, tables: &mut [f32]) {
-        let (d, mk) = (self.g.head_dim, self.g.subspaces * self.g.centroids);
+        let d = self.g.head_dim;
         let book = self.books.head(bh % self.g.heads);
-        for (s, table) in queries.zip(tables.chunks_exact_mut(mk)) {
-            book.build_lut(
-                &self.inp.query[self.new_row(bh, s)..][..d],
-                self.scale,
-                table,
-            );
-        }
+        let query = |i: usize| &self.inp.query[self.new_row(bh, queries.start + i)..][..d];
+        book.build_luts(queries.len(), query, self.scale, tables);
     }
 
     /// The whole of one (batch row, head): new tokens, then the queries chunk by chunk over the
@@ -422,9 +417,14 @@ impl<V: ValueElem> Call<'_, V> {
             .inp
             .attention_mask
             .map(|mk| &mk[(bh / g.heads) * t_n..][..t_n]);
-        let mut scores = vec![0.0f32; TOKEN_BLOCK];
-        for start in tokens.clone().step_by(TOKEN_BLOCK) {
-            let end = (start + TOKEN_BLOCK).min(tokens.end);
+        let block_len = if queries.len() > 1 {
+            SHARED_TOKEN_BLOCK
+        } else {
+            TOKEN_BLOCK
+        };
+        let mut scores = vec![0.0f32; block_len];
+        for start in tokens.clone().step_by(block_len) {
+            let end = (start + block_len).min(tokens.end);
             let past_end = end.min(p_n).max(start);
             if copy_past && start < past_end {
                 codes[(start - base) * m..(past_end - base) * m]

@@ -1,15 +1,26 @@
 //! A head's codebook laid out for the two dense loops of the op: `[m][d'][K]` (transposed per
 //! subspace), so that table building and key encoding run over the K centroids in the innermost
-//! loop — contiguous, no horizontal sums, vectorized by the compiler (AVX2 chosen at run time).
-//! Sums run over the sub-vector dimension in the same order as `build_lut` / `nearest_centroid`,
-//! so the results are bit-for-bit those of the reference versions.
+//! loop — contiguous, no horizontal sums, vectorized by the compiler (AVX2+FMA chosen at run
+//! time), with the partial sums of a tile of centroids (and of up to four vectors) in registers.
+//!
+//! Both loops are dot products: tables are `q_j · C_j[c]`, and encoding picks the smallest
+//! `‖C_j[c]‖² − 2·x_j · C_j[c]` (the squared distance less `‖x_j‖²`, which is the same for every
+//! centroid): one fused multiply-add per element instead of a subtract, a multiply and an add.
+//! Rounding therefore differs from the naive `build_lut` / `nearest_centroid` in the last bits;
+//! codes can differ only between centroids at the same distance to within that rounding.
 
 pub struct PreparedCodebook {
     transposed: Vec<f32>,
+    /// `‖C_j[c]‖²`, `[m][K]`.
+    norms: Vec<f32>,
     subspaces: usize,
     centroids: usize,
     sub_dim: usize,
 }
+
+/// Whether the portable loops use fused multiply-adds: native on aarch64, a slow libm call on
+/// x86_64 without FMA (where the AVX2+FMA instantiation is used whenever the CPU allows).
+const PORTABLE_FUSED: bool = cfg!(target_arch = "aarch64");
 
 impl PreparedCodebook {
     /// `codebook`: one head's `[m, K, d']` block.
@@ -28,8 +39,13 @@ impl PreparedCodebook {
                 }
             }
         }
+        let norms = codebook
+            .chunks_exact(sub_dim.max(1))
+            .map(|c| c.iter().map(|x| x * x).sum())
+            .collect();
         PreparedCodebook {
             transposed,
+            norms,
             subspaces,
             centroids,
             sub_dim,
@@ -38,65 +54,115 @@ impl PreparedCodebook {
 
     /// Lookup tables of one query: `lut[j*K + c] = scale · (q_j · C_j[c])`.
     pub fn build_lut(&self, query: &[f32], scale: f32, lut: &mut [f32]) {
+        self.build_luts(1, |_| query, scale, lut)
+    }
+
+    /// Codes of one key: nearest centroid per subspace (ties to the lowest index).
+    pub fn encode(&self, key: &[f32], codes: &mut [u8]) {
+        self.encode_keys(1, |_| key, codes)
+    }
+
+    /// Tables of `n` queries (`query(i)` is the i-th) into `luts`, `m·K` floats each.
+    pub fn build_luts<'a>(
+        &self,
+        n: usize,
+        query: impl Fn(usize) -> &'a [f32],
+        scale: f32,
+        luts: &mut [f32],
+    ) {
         #[cfg(target_arch = "x86_64")]
         if super::simd::x86::available() {
             // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-            unsafe { self.build_lut_avx2(query, scale, lut) };
+            unsafe { self.build_luts_avx2(n, query, scale, luts) };
             return;
         }
-        self.build_lut_portable(query, scale, lut)
+        self.build_luts_portable::<PORTABLE_FUSED>(n, query, scale, luts)
     }
 
-    /// Codes of one key: nearest centroid per subspace (ties to the lowest index). `dist` is
-    /// scratch of K floats.
-    pub fn encode(&self, key: &[f32], codes: &mut [u8], dist: &mut [f32]) {
+    /// Codes of `n` keys (`key(i)` is the i-th) into `codes`, `m` each.
+    pub fn encode_keys<'a>(&self, n: usize, key: impl Fn(usize) -> &'a [f32], codes: &mut [u8]) {
         #[cfg(target_arch = "x86_64")]
         if super::simd::x86::available() {
             // SAFETY: as above.
-            unsafe { self.encode_avx2(key, codes, dist) };
+            unsafe { self.encode_keys_avx2(n, key, codes) };
             return;
         }
-        self.encode_portable(key, codes, dist)
+        self.encode_keys_portable::<PORTABLE_FUSED>(n, key, codes)
     }
 
     #[inline(always)]
-    fn build_lut_portable(&self, query: &[f32], scale: f32, lut: &mut [f32]) {
-        let (k, sub) = (self.centroids, self.sub_dim);
-        for j in 0..self.subspaces {
-            let x = &query[j * sub..(j + 1) * sub];
-            let rows = &self.transposed[j * sub * k..(j + 1) * sub * k];
-            let table = &mut lut[j * k..(j + 1) * k];
-            tiled_sums(x, rows, k, |acc, xi, c| acc + xi * c, table);
-            table.iter_mut().for_each(|t| *t *= scale);
-        }
-    }
-
-    #[inline(always)]
-    fn encode_portable(&self, key: &[f32], codes: &mut [u8], dist: &mut [f32]) {
-        let (k, sub) = (self.centroids, self.sub_dim);
-        let dist = &mut dist[..k];
-        for (j, code) in codes.iter_mut().enumerate().take(self.subspaces) {
-            let x = &key[j * sub..(j + 1) * sub];
-            let rows = &self.transposed[j * sub * k..(j + 1) * sub * k];
-            tiled_sums(
-                x,
-                rows,
-                k,
-                |acc, xi, c| {
-                    let t = xi - c;
-                    acc + t * t
-                },
-                dist,
-            );
-            let mut best = 0;
-            let mut best_dist = f32::INFINITY;
-            for (c, &dd) in dist.iter().enumerate() {
-                if dd < best_dist {
-                    best_dist = dd;
-                    best = c;
+    fn build_luts_portable<'a, const FUSED: bool>(
+        &self,
+        n: usize,
+        query: impl Fn(usize) -> &'a [f32],
+        scale: f32,
+        luts: &mut [f32],
+    ) {
+        let (m, k) = (self.subspaces, self.centroids);
+        self.for_groups::<FUSED>(n, &query, 1.0, false, |first, j, sums| {
+            for (g, table) in sums.chunks_exact(k).enumerate() {
+                let lut = &mut luts[((first + g) * m + j) * k..][..k];
+                for (t, &dot) in lut.iter_mut().zip(table) {
+                    *t = dot * scale;
                 }
             }
-            *code = best as u8;
+        });
+    }
+
+    #[inline(always)]
+    fn encode_keys_portable<'a, const FUSED: bool>(
+        &self,
+        n: usize,
+        key: impl Fn(usize) -> &'a [f32],
+        codes: &mut [u8],
+    ) {
+        let m = self.subspaces;
+        self.for_groups::<FUSED>(n, &key, -2.0, true, |first, j, sums| {
+            for (g, dist) in sums.chunks_exact(self.centroids).enumerate() {
+                codes[(first + g) * m + j] = argmin(dist) as u8;
+            }
+        });
+    }
+
+    /// For every subspace `j` and group of up to [`GROUP`] vectors starting at `first`, the sums
+    /// `[‖C_j[c]‖² +] Σ_i (x_scale·x_ji)·C_j[c]_i` against all K centroids, handed to
+    /// `emit(first, j, sums)` (`sums` is `[group, K]`).
+    #[inline(always)]
+    fn for_groups<'a, const FUSED: bool>(
+        &self,
+        n: usize,
+        vector: &impl Fn(usize) -> &'a [f32],
+        x_scale: f32,
+        with_norms: bool,
+        mut emit: impl FnMut(usize, usize, &[f32]),
+    ) {
+        let (k, sub) = (self.centroids, self.sub_dim);
+        let mut sums = vec![0.0f32; GROUP * k];
+        let mut scaled = vec![0.0f32; GROUP * sub];
+        for j in 0..self.subspaces {
+            let rows = &self.transposed[j * sub * k..(j + 1) * sub * k];
+            let init = with_norms.then(|| &self.norms[j * k..(j + 1) * k]);
+            let part = |i: usize, slot: &mut [f32]| {
+                let x = &vector(i)[j * sub..(j + 1) * sub];
+                for (dst, &v) in slot.iter_mut().zip(x) {
+                    *dst = x_scale * v;
+                }
+            };
+            let mut first = 0;
+            while first + GROUP <= n {
+                for (g, slot) in scaled.chunks_exact_mut(sub).enumerate() {
+                    part(first + g, slot);
+                }
+                let xs: [&[f32]; GROUP] = std::array::from_fn(|g| &scaled[g * sub..(g + 1) * sub]);
+                tiled_dots::<GROUP, GROUP_TILE, FUSED>(xs, rows, init, k, &mut sums);
+                emit(first, j, &sums);
+                first += GROUP;
+            }
+            for i in first..n {
+                part(i, &mut scaled[..sub]);
+                tiled_dots::<1, TILE, FUSED>([&scaled[..sub]], rows, init, k, &mut sums[..k]);
+                emit(i, j, &sums[..k]);
+            }
         }
     }
 
@@ -104,52 +170,122 @@ impl PreparedCodebook {
     /// The CPU must support AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn build_lut_avx2(&self, query: &[f32], scale: f32, lut: &mut [f32]) {
-        self.build_lut_portable(query, scale, lut)
+    unsafe fn build_luts_avx2<'a>(
+        &self,
+        n: usize,
+        query: impl Fn(usize) -> &'a [f32],
+        scale: f32,
+        luts: &mut [f32],
+    ) {
+        self.build_luts_portable::<true>(n, query, scale, luts)
     }
 
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn encode_avx2(&self, key: &[f32], codes: &mut [u8], dist: &mut [f32]) {
-        self.encode_portable(key, codes, dist)
+    unsafe fn encode_keys_avx2<'a>(
+        &self,
+        n: usize,
+        key: impl Fn(usize) -> &'a [f32],
+        codes: &mut [u8],
+    ) {
+        self.encode_keys_portable::<true>(n, key, codes)
     }
 }
 
-/// Centroids handled per tile: the tile's partial sums live in registers (8 AVX2 or 16 NEON
-/// registers) while the sub-vector dimension runs, instead of going to memory each step.
-const TILE: usize = 64;
-
-/// `out[c] = step(…step(step(0, x_0, C[c]_0), x_1, C[c]_1)…)` for every centroid `c` of one
-/// subspace (`rows` is its `[d'][K]` transposed block): dot products or squared distances,
-/// summed in the order `i = 0, 1, …` of the reference functions, so results are bit-identical.
+/// Index of the smallest value, ties to the lowest index, NaN never chosen (0 when nothing is
+/// smaller than +inf): the reference's sequential scan, done in eight independent lanes (which
+/// vectorize) and then merged, lowest index first among equal values.
 #[inline(always)]
-fn tiled_sums(
-    x: &[f32],
-    rows: &[f32],
-    k: usize,
-    step: impl Fn(f32, f32, f32) -> f32,
-    out: &mut [f32],
-) {
-    let mut c0 = 0;
-    while c0 + TILE <= k {
-        let mut acc = [0.0f32; TILE];
-        for (i, &xi) in x.iter().enumerate() {
-            let row = &rows[i * k + c0..i * k + c0 + TILE];
-            for (a, &c) in acc.iter_mut().zip(row) {
-                *a = step(*a, xi, c);
+fn argmin(values: &[f32]) -> usize {
+    const LANES: usize = 8;
+    let mut best = [f32::INFINITY; LANES];
+    let mut index = [0usize; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for (n, chunk) in chunks.by_ref().enumerate() {
+        for l in 0..LANES {
+            if chunk[l] < best[l] {
+                best[l] = chunk[l];
+                index[l] = n * LANES + l;
             }
         }
-        out[c0..c0 + TILE].copy_from_slice(&acc);
-        c0 += TILE;
+    }
+    let (mut best_value, mut best_index) = (f32::INFINITY, 0);
+    for l in 0..LANES {
+        if best[l] < best_value || (best[l] == best_value && index[l] < best_index) {
+            (best_value, best_index) = (best[l], index[l]);
+        }
+    }
+    let tail_start = values.len() - chunks.remainder().len();
+    for (i, &v) in chunks.remainder().iter().enumerate() {
+        if v < best_value {
+            (best_value, best_index) = (v, tail_start + i);
+        }
+    }
+    best_index
+}
+
+/// Centroids handled per tile for one vector: the partial sums live in registers (8 AVX2 or 16
+/// NEON registers) while the sub-vector dimension runs, instead of going to memory each step.
+const TILE: usize = 64;
+/// Vectors (queries of a prefill chunk, new keys) handled together, so that each loaded row of
+/// centroids serves all of them; with [`GROUP_TILE`] centroids per tile, their sums fill 8 AVX2
+/// registers.
+const GROUP: usize = 4;
+const GROUP_TILE: usize = 16;
+
+/// `out[g·K + c] = init[c] + Σ_i xs[g]_i · C[c]_i` (init 0 when `None`) for each vector `g` and
+/// every centroid `c` of one subspace (`rows` is its `[d'][K]` transposed block), summed in the
+/// order `i = 0, 1, …`, with fused multiply-adds when `FUSED`.
+#[inline(always)]
+fn tiled_dots<const N: usize, const T: usize, const FUSED: bool>(
+    xs: [&[f32]; N],
+    rows: &[f32],
+    init: Option<&[f32]>,
+    k: usize,
+    out: &mut [f32],
+) {
+    let step = |acc: f32, x: f32, c: f32| {
+        if FUSED {
+            x.mul_add(c, acc)
+        } else {
+            acc + x * c
+        }
+    };
+    let sub = xs[0].len();
+    let mut c0 = 0;
+    while c0 + T <= k {
+        let start: [f32; T] = match init {
+            Some(init) => init[c0..c0 + T].try_into().expect("tile"),
+            None => [0.0; T],
+        };
+        let mut acc = [start; N];
+        for i in 0..sub {
+            let row: &[f32; T] = rows[i * k + c0..i * k + c0 + T].try_into().expect("tile");
+            for (acc, x) in acc.iter_mut().zip(&xs) {
+                let xi = x[i];
+                for (a, &c) in acc.iter_mut().zip(row) {
+                    *a = step(*a, xi, c);
+                }
+            }
+        }
+        for (g, acc) in acc.iter().enumerate() {
+            out[g * k + c0..g * k + c0 + T].copy_from_slice(acc);
+        }
+        c0 += T;
     }
     if c0 < k {
-        let out = &mut out[c0..k];
-        out.fill(0.0);
-        for (i, &xi) in x.iter().enumerate() {
-            for (o, &c) in out.iter_mut().zip(&rows[i * k + c0..(i + 1) * k]) {
-                *o = step(*o, xi, c);
+        for (g, x) in xs.iter().enumerate() {
+            let out = &mut out[g * k + c0..(g + 1) * k];
+            match init {
+                Some(init) => out.copy_from_slice(&init[c0..k]),
+                None => out.fill(0.0),
+            }
+            for (i, &xi) in x.iter().enumerate() {
+                for (o, &c) in out.iter_mut().zip(&rows[i * k + c0..(i + 1) * k]) {
+                    *o = step(*o, xi, c);
+                }
             }
         }
     }
