@@ -99,14 +99,16 @@ impl PreparedCodebook {
         luts: &mut [f32],
     ) {
         let (m, k) = (self.subspaces, self.centroids);
-        self.for_groups::<FUSED>(n, &query, 1.0, false, |first, j, sums| {
+        let mut scratch = Scratch::new(k, self.sub_dim);
+        for (j, first, count) in groups(n, m) {
+            let sums = self.group_sums::<FUSED>(j, first, count, &query, 1.0, false, &mut scratch);
             for (g, table) in sums.chunks_exact(k).enumerate() {
                 let lut = &mut luts[((first + g) * m + j) * k..][..k];
                 for (t, &dot) in lut.iter_mut().zip(table) {
                     *t = dot * scale;
                 }
             }
-        });
+        }
     }
 
     #[inline(always)]
@@ -116,54 +118,48 @@ impl PreparedCodebook {
         key: impl Fn(usize) -> &'a [f32],
         codes: &mut [u8],
     ) {
-        let m = self.subspaces;
-        self.for_groups::<FUSED>(n, &key, -2.0, true, |first, j, sums| {
-            for (g, dist) in sums.chunks_exact(self.centroids).enumerate() {
+        let (m, k) = (self.subspaces, self.centroids);
+        let mut scratch = Scratch::new(k, self.sub_dim);
+        for (j, first, count) in groups(n, m) {
+            let sums = self.group_sums::<FUSED>(j, first, count, &key, -2.0, true, &mut scratch);
+            for (g, dist) in sums.chunks_exact(k).enumerate() {
                 codes[(first + g) * m + j] = argmin(dist) as u8;
             }
-        });
+        }
     }
 
-    /// For every subspace `j` and group of up to [`GROUP`] vectors starting at `first`, the sums
-    /// `[‖C_j[c]‖² +] Σ_i (x_scale·x_ji)·C_j[c]_i` against all K centroids, handed to
-    /// `emit(first, j, sums)` (`sums` is `[group, K]`).
+    /// The sums `[‖C_j[c]‖² +] Σ_i (x_scale·x_ji)·C_j[c]_i` of vectors `first..first + count`
+    /// (`count` is [`GROUP`] or 1) against all K centroids of subspace `j`, as `[count, K]`.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn for_groups<'a, const FUSED: bool>(
+    fn group_sums<'a, 's, const FUSED: bool>(
         &self,
-        n: usize,
+        j: usize,
+        first: usize,
+        count: usize,
         vector: &impl Fn(usize) -> &'a [f32],
         x_scale: f32,
         with_norms: bool,
-        mut emit: impl FnMut(usize, usize, &[f32]),
-    ) {
+        scratch: &'s mut Scratch,
+    ) -> &'s [f32] {
         let (k, sub) = (self.centroids, self.sub_dim);
-        let mut sums = vec![0.0f32; GROUP * k];
-        let mut scaled = vec![0.0f32; GROUP * sub];
-        for j in 0..self.subspaces {
-            let rows = &self.transposed[j * sub * k..(j + 1) * sub * k];
-            let init = with_norms.then(|| &self.norms[j * k..(j + 1) * k]);
-            let part = |i: usize, slot: &mut [f32]| {
-                let x = &vector(i)[j * sub..(j + 1) * sub];
-                for (dst, &v) in slot.iter_mut().zip(x) {
-                    *dst = x_scale * v;
-                }
-            };
-            let mut first = 0;
-            while first + GROUP <= n {
-                for (g, slot) in scaled.chunks_exact_mut(sub).enumerate() {
-                    part(first + g, slot);
-                }
-                let xs: [&[f32]; GROUP] = std::array::from_fn(|g| &scaled[g * sub..(g + 1) * sub]);
-                tiled_dots::<GROUP, GROUP_TILE, FUSED>(xs, rows, init, k, &mut sums);
-                emit(first, j, &sums);
-                first += GROUP;
-            }
-            for i in first..n {
-                part(i, &mut scaled[..sub]);
-                tiled_dots::<1, TILE, FUSED>([&scaled[..sub]], rows, init, k, &mut sums[..k]);
-                emit(i, j, &sums[..k]);
+        let rows = &self.transposed[j * sub * k..(j + 1) * sub * k];
+        let init = with_norms.then(|| &self.norms[j * k..(j + 1) * k]);
+        for (g, slot) in scratch.scaled.chunks_exact_mut(sub).take(count).enumerate() {
+            let x = &vector(first + g)[j * sub..(j + 1) * sub];
+            for (dst, &v) in slot.iter_mut().zip(x) {
+                *dst = x_scale * v;
             }
         }
+        let scaled = &scratch.scaled;
+        let sums = &mut scratch.sums[..count * k];
+        if count == GROUP {
+            let xs: [&[f32]; GROUP] = std::array::from_fn(|g| &scaled[g * sub..(g + 1) * sub]);
+            tiled_dots::<GROUP, GROUP_TILE, FUSED>(xs, rows, init, k, sums);
+        } else {
+            tiled_dots::<1, TILE, FUSED>([&scaled[..sub]], rows, init, k, sums);
+        }
+        sums
     }
 
     /// # Safety
@@ -192,6 +188,33 @@ impl PreparedCodebook {
     ) {
         self.encode_keys_portable::<true>(n, key, codes)
     }
+}
+
+/// Buffers of [`PreparedCodebook::group_sums`].
+struct Scratch {
+    scaled: Vec<f32>,
+    sums: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(k: usize, sub: usize) -> Scratch {
+        Scratch {
+            scaled: vec![0.0; GROUP * sub],
+            sums: vec![0.0; GROUP * k],
+        }
+    }
+}
+
+/// `(subspace, first vector, count)` for every subspace: groups of [`GROUP`] vectors, then the
+/// remaining ones alone.
+fn groups(n: usize, subspaces: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let grouped = n - n % GROUP;
+    (0..subspaces).flat_map(move |j| {
+        (0..grouped)
+            .step_by(GROUP)
+            .map(move |first| (j, first, GROUP))
+            .chain((grouped..n).map(move |i| (j, i, 1)))
+    })
 }
 
 /// Index of the smallest value, ties to the lowest index, NaN never chosen (0 when nothing is
