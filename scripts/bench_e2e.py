@@ -205,7 +205,7 @@ def main(argv=None):
                   f"{(f'{agree:7.1%}' if k == 'calibrated' else ''):>7}")
     print(f"\nratio = tok/s calibrated / tok/s original (>1: calibrated faster); agree = next-token argmax "
           f"agreement over the prefill + {args.steps} teacher-forced steps (first run).")
-    print(f"Why the end-to-end gain is small here (part of it may be the rewrite's fewer graph nodes, not attention): per decode token the LM head is {sh0['lm_head_macs'] / 1e6:.1f}M MACs "
+    print(f"Work per decode token of this fixture: the LM head is {sh0['lm_head_macs'] / 1e6:.1f}M MACs "
           f"and the blocks' linears {sh0['block_linear_macs'] / 1e6:.1f}M, and {sh0['weight_bytes'] / 2**20:.0f} MiB of "
           f"fp32 weights are read, vs the attention:")
     for r in results:

@@ -634,7 +634,8 @@ fn simd_value_accumulation_matches_scalar() {
     }
 }
 
-/// The SIMD `exp` against the scalar one (libm) over the range softmax uses, `-inf` included.
+/// The SIMD `exp` (and its sum) and `max` against the scalar ones (libm), over the range softmax
+/// uses, `-inf` and NaN included.
 #[test]
 fn simd_exp_matches_scalar() {
     use lookat_op::kernels::simd;
@@ -651,8 +652,21 @@ fn simd_exp_matches_scalar() {
         }
         let shift = if n % 2 == 0 { 0.0 } else { 1.5 };
         let (mut a, mut b) = (x.clone(), x.clone());
-        simd::exp_shifted(&mut a, shift);
-        simd::scalar::exp_shifted(&mut b, shift);
+        let sum_simd = simd::exp_shifted(&mut a, shift);
+        let sum_scalar = simd::scalar::exp_shifted(&mut b, shift);
+        assert!(
+            (sum_simd - sum_scalar).abs() <= 1e-5 * sum_scalar + 1e-30,
+            "sum of exp n={n}"
+        );
+        let mut with_nan = x.clone();
+        if n > 2 {
+            with_nan[n / 2] = f32::NAN;
+        }
+        assert_eq!(
+            simd::max(&with_nan),
+            simd::scalar::max(&with_nan),
+            "max n={n}"
+        );
         for ((&got, &want), &xi) in a.iter().zip(&b).zip(&x) {
             // Relative 1e-6 where the result is a normal float; below e^-87 both are ~0.
             assert!(

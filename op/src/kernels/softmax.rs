@@ -26,9 +26,7 @@ impl OnlineSoftmax {
     /// maximum, in place, rescaling what was accumulated when the maximum grows. Returns false,
     /// with all weights 0, when every score is `-inf`.
     pub fn absorb_scores(&mut self, scores: &mut [f32]) -> bool {
-        let block_max = scores
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &s| if s > m { s } else { m });
+        let block_max = super::simd::max(scores);
         if block_max == f32::NEG_INFINITY {
             scores.fill(0.0);
             return false;
@@ -36,8 +34,7 @@ impl OnlineSoftmax {
         if block_max > self.max {
             self.rescale(block_max);
         }
-        super::simd::exp_shifted(scores, self.max);
-        self.sum += scores.iter().sum::<f32>();
+        self.sum += super::simd::exp_shifted(scores, self.max);
         true
     }
 

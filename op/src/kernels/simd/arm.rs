@@ -45,19 +45,37 @@ unsafe fn exp4(x: float32x4_t) -> float32x4_t {
 /// # Safety
 /// The CPU must support NEON.
 #[target_feature(enable = "neon")]
-pub unsafe fn exp_shifted(x: &mut [f32], shift: f32) {
+pub unsafe fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
     let n = x.len();
     let s = vdupq_n_f32(shift);
+    let mut sum = vdupq_n_f32(0.0);
     let mut i = 0;
     while i + 4 <= n {
         // SAFETY: i + 4 <= n, inside the slice.
         unsafe {
             let p = x.as_mut_ptr().add(i);
-            vst1q_f32(p, exp4(vsubq_f32(vld1q_f32(p), s)));
+            let e = exp4(vsubq_f32(vld1q_f32(p), s));
+            vst1q_f32(p, e);
+            sum = vaddq_f32(sum, e);
         }
         i += 4;
     }
-    super::scalar::exp_shifted(&mut x[i..], shift);
+    vaddvq_f32(sum) + super::scalar::exp_shifted(&mut x[i..], shift)
+}
+
+/// # Safety
+/// The CPU must support NEON.
+#[target_feature(enable = "neon")]
+pub unsafe fn max(x: &[f32]) -> f32 {
+    let n = x.len();
+    let mut m = vdupq_n_f32(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i + 4 <= n {
+        // SAFETY: i + 4 <= n. FMAXNM returns the number when one operand is NaN: NaN ignored.
+        m = unsafe { vmaxnmq_f32(m, vld1q_f32(x.as_ptr().add(i))) };
+        i += 4;
+    }
+    vmaxnmvq_f32(m).max(super::scalar::max(&x[i..]))
 }
 
 /// How the rows of a block are read, eight columns (two registers) at a time, and copied.

@@ -26,22 +26,37 @@ pub fn simd_level() -> &'static str {
     "scalar"
 }
 
-/// `x[i] = exp(x[i] - shift)`; `-inf` (a masked token) gives exactly 0.
+/// `x[i] = exp(x[i] - shift)`; `-inf` (a masked token) gives exactly 0. Returns the sum of the
+/// results (summed in lanes on the SIMD paths).
 #[inline]
-pub fn exp_shifted(x: &mut [f32], shift: f32) {
+pub fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if x86::available() {
         // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        unsafe { x86::exp_shifted(x, shift) };
-        return;
+        return unsafe { x86::exp_shifted(x, shift) };
     }
     #[cfg(target_arch = "aarch64")]
     if arm::available() {
         // SAFETY: the CPU supports NEON (checked at run time).
-        unsafe { arm::exp_shifted(x, shift) };
-        return;
+        return unsafe { arm::exp_shifted(x, shift) };
     }
     scalar::exp_shifted(x, shift)
+}
+
+/// The largest value of `x`, NaN ignored; `-inf` when there is none.
+#[inline]
+pub fn max(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() {
+        // SAFETY: the CPU supports AVX2 (checked at run time).
+        return unsafe { x86::max(x) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if arm::available() {
+        // SAFETY: the CPU supports NEON (checked at run time).
+        return unsafe { arm::max(x) };
+    }
+    scalar::max(x)
 }
 
 /// `acc[c] += Σ_t probs[t] · rows[t·D + c]` with `D = acc.len()`; rows with probability exactly

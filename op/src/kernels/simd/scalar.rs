@@ -3,11 +3,20 @@
 
 use half::f16;
 
-/// `x[i] = exp(x[i] - shift)`; `-inf` gives exactly 0.
-pub fn exp_shifted(x: &mut [f32], shift: f32) {
+/// `x[i] = exp(x[i] - shift)`; `-inf` gives exactly 0. Returns the sum of the results.
+pub fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
+    let mut sum = 0.0;
     for v in x {
         *v = (*v - shift).exp();
+        sum += *v;
     }
+    sum
+}
+
+/// The largest value, NaN ignored; `-inf` for none.
+pub fn max(x: &[f32]) -> f32 {
+    x.iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
 /// `acc[c] += Σ_t probs[t] · rows[t·D + c]` (`D = acc.len()`), skipping rows whose probability is

@@ -55,19 +55,49 @@ unsafe fn exp8(x: __m256) -> __m256 {
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-pub unsafe fn exp_shifted(x: &mut [f32], shift: f32) {
+pub unsafe fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
     let n = x.len();
     let s = _mm256_set1_ps(shift);
+    let mut sum = _mm256_setzero_ps();
     let mut i = 0;
     while i + 8 <= n {
         // SAFETY: i + 8 <= n, inside the slice; unaligned load and store.
         unsafe {
             let p = x.as_mut_ptr().add(i);
-            _mm256_storeu_ps(p, exp8(_mm256_sub_ps(_mm256_loadu_ps(p), s)));
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p), s));
+            _mm256_storeu_ps(p, e);
+            sum = _mm256_add_ps(sum, e);
         }
         i += 8;
     }
-    super::scalar::exp_shifted(&mut x[i..], shift);
+    horizontal_sum(sum) + super::scalar::exp_shifted(&mut x[i..], shift)
+}
+
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn max(x: &[f32]) -> f32 {
+    let n = x.len();
+    let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n. MAXPS returns its second operand when either is NaN: NaN ignored.
+        m = unsafe { _mm256_max_ps(_mm256_loadu_ps(x.as_ptr().add(i)), m) };
+        i += 8;
+    }
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: eight writable floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m) };
+    super::scalar::max(&lanes).max(super::scalar::max(&x[i..]))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn horizontal_sum(v: __m256) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: eight writable floats.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), v) };
+    lanes.iter().sum()
 }
 
 /// How the rows of a block are read (one register per eight columns) and copied.
