@@ -99,9 +99,12 @@ impl PreparedCodebook {
         luts: &mut [f32],
     ) {
         let (m, k) = (self.subspaces, self.centroids);
-        let mut scratch = Scratch::new(k, self.sub_dim);
+        let mut scratch = Scratch::new(n, k, self.sub_dim);
         for (j, first, count) in groups(n, m) {
-            let sums = self.group_sums::<FUSED>(j, first, count, &query, 1.0, false, &mut scratch);
+            if first == 0 {
+                scratch.gather(j, n, &query, 1.0);
+            }
+            let sums = self.group_sums::<FUSED>(j, first, count, false, &mut scratch);
             for (g, table) in sums.chunks_exact(k).enumerate() {
                 let lut = &mut luts[((first + g) * m + j) * k..][..k];
                 for (t, &dot) in lut.iter_mut().zip(table) {
@@ -119,45 +122,40 @@ impl PreparedCodebook {
         codes: &mut [u8],
     ) {
         let (m, k) = (self.subspaces, self.centroids);
-        let mut scratch = Scratch::new(k, self.sub_dim);
+        let mut scratch = Scratch::new(n, k, self.sub_dim);
         for (j, first, count) in groups(n, m) {
-            let sums = self.group_sums::<FUSED>(j, first, count, &key, -2.0, true, &mut scratch);
+            if first == 0 {
+                scratch.gather(j, n, &key, -2.0);
+            }
+            let sums = self.group_sums::<FUSED>(j, first, count, true, &mut scratch);
             for (g, dist) in sums.chunks_exact(k).enumerate() {
                 codes[(first + g) * m + j] = argmin(dist) as u8;
             }
         }
     }
 
-    /// The sums `[‖C_j[c]‖² +] Σ_i (x_scale·x_ji)·C_j[c]_i` of vectors `first..first + count`
-    /// (`count` is [`GROUP`] or 1) against all K centroids of subspace `j`, as `[count, K]`.
-    #[allow(clippy::too_many_arguments)]
+    /// The sums `[‖C_j[c]‖² +] Σ_i x'_i·C_j[c]_i` of the gathered sub-vectors `x'` (see
+    /// [`Scratch::gather`]) `first..first + count` (`count` is [`GROUP`] or 1) against all K
+    /// centroids of subspace `j`, as `[count, K]`.
     #[inline(always)]
-    fn group_sums<'a, 's, const FUSED: bool>(
+    fn group_sums<'s, const FUSED: bool>(
         &self,
         j: usize,
         first: usize,
         count: usize,
-        vector: &impl Fn(usize) -> &'a [f32],
-        x_scale: f32,
         with_norms: bool,
         scratch: &'s mut Scratch,
     ) -> &'s [f32] {
         let (k, sub) = (self.centroids, self.sub_dim);
         let rows = &self.transposed[j * sub * k..(j + 1) * sub * k];
         let init = with_norms.then(|| &self.norms[j * k..(j + 1) * k]);
-        for (g, slot) in scratch.scaled.chunks_exact_mut(sub).take(count).enumerate() {
-            let x = &vector(first + g)[j * sub..(j + 1) * sub];
-            for (dst, &v) in slot.iter_mut().zip(x) {
-                *dst = x_scale * v;
-            }
-        }
-        let scaled = &scratch.scaled;
+        let scaled = &scratch.gathered[first * sub..(first + count) * sub];
         let sums = &mut scratch.sums[..count * k];
         if count == GROUP {
             let xs: [&[f32]; GROUP] = std::array::from_fn(|g| &scaled[g * sub..(g + 1) * sub]);
             tiled_dots::<GROUP, GROUP_TILE, FUSED>(xs, rows, init, k, sums);
         } else {
-            tiled_dots::<1, TILE, FUSED>([&scaled[..sub]], rows, init, k, sums);
+            tiled_dots::<1, TILE, FUSED>([scaled], rows, init, k, sums);
         }
         sums
     }
@@ -192,15 +190,37 @@ impl PreparedCodebook {
 
 /// Buffers of [`PreparedCodebook::group_sums`].
 struct Scratch {
-    scaled: Vec<f32>,
+    /// Sub-vector `j` of every vector, scaled, contiguous.
+    gathered: Vec<f32>,
     sums: Vec<f32>,
+    sub: usize,
 }
 
 impl Scratch {
-    fn new(k: usize, sub: usize) -> Scratch {
+    fn new(n: usize, k: usize, sub: usize) -> Scratch {
         Scratch {
-            scaled: vec![0.0; GROUP * sub],
+            gathered: vec![0.0; n * sub],
             sums: vec![0.0; GROUP * k],
+            sub,
+        }
+    }
+
+    /// Copies `x_scale ·` sub-vector `j` of all `n` vectors together, in one pass of independent
+    /// loads: the vectors are rows of a `[B, S, H·D]` input, one cache line or more apart, and
+    /// loading each just before its sums left every load's latency exposed.
+    #[inline(always)]
+    fn gather<'a>(
+        &mut self,
+        j: usize,
+        n: usize,
+        vector: &impl Fn(usize) -> &'a [f32],
+        x_scale: f32,
+    ) {
+        let sub = self.sub;
+        for (i, slot) in self.gathered.chunks_exact_mut(sub).take(n).enumerate() {
+            for (dst, &v) in slot.iter_mut().zip(&vector(i)[j * sub..(j + 1) * sub]) {
+                *dst = x_scale * v;
+            }
         }
     }
 }
@@ -224,20 +244,26 @@ fn groups(n: usize, subspaces: usize) -> impl Iterator<Item = (usize, usize, usi
 fn argmin(values: &[f32]) -> usize {
     const LANES: usize = 8;
     let mut best = [f32::INFINITY; LANES];
-    let mut index = [0usize; LANES];
+    // 32-bit indices and branch-free selects, so that the lanes become one vector compare and
+    // two blends per chunk.
+    let mut index = [0u32; LANES];
     let mut chunks = values.chunks_exact(LANES);
     for (n, chunk) in chunks.by_ref().enumerate() {
         for l in 0..LANES {
-            if chunk[l] < best[l] {
-                best[l] = chunk[l];
-                index[l] = n * LANES + l;
-            }
+            let smaller = chunk[l] < best[l];
+            best[l] = if smaller { chunk[l] } else { best[l] };
+            index[l] = if smaller {
+                (n * LANES + l) as u32
+            } else {
+                index[l]
+            };
         }
     }
-    let (mut best_value, mut best_index) = (f32::INFINITY, 0);
+    let (mut best_value, mut best_index) = (f32::INFINITY, 0usize);
     for l in 0..LANES {
-        if best[l] < best_value || (best[l] == best_value && index[l] < best_index) {
-            (best_value, best_index) = (best[l], index[l]);
+        let i = index[l] as usize;
+        if best[l] < best_value || (best[l] == best_value && i < best_index) {
+            (best_value, best_index) = (best[l], i);
         }
     }
     let tail_start = values.len() - chunks.remainder().len();

@@ -156,20 +156,28 @@ unsafe fn strip<V: RowFormat, const W: usize>(
     unsafe {
         let mut a: [(float32x4_t, float32x4_t); W] =
             std::array::from_fn(|v| (vld1q_f32(acc.add(8 * v)), vld1q_f32(acc.add(8 * v + 4))));
+        // Each eight-column piece is loaded, copied and added before the next is loaded (see the
+        // x86 version: holding whole rows would spill accumulators).
         for (t, &p) in probs.iter().enumerate() {
             let row = rows.add(t * stride);
-            let x: [_; W] = std::array::from_fn(|v| V::load8(row.add(8 * v)));
-            if !copy.is_null() {
-                let dst = copy.add(t * stride);
-                for (v, &(_, _, raw_lo, raw_hi)) in x.iter().enumerate() {
-                    V::store8(dst.add(8 * v), (raw_lo, raw_hi));
+            let pv = vdupq_n_f32(p);
+            if copy.is_null() {
+                if p != 0.0 {
+                    for (v, av) in a.iter_mut().enumerate() {
+                        let (lo, hi, _, _) = V::load8(row.add(8 * v));
+                        av.0 = vfmaq_f32(av.0, pv, lo);
+                        av.1 = vfmaq_f32(av.1, pv, hi);
+                    }
                 }
-            }
-            if p != 0.0 {
-                let pv = vdupq_n_f32(p);
-                for (av, &(lo, hi, _, _)) in a.iter_mut().zip(&x) {
-                    av.0 = vfmaq_f32(av.0, pv, lo);
-                    av.1 = vfmaq_f32(av.1, pv, hi);
+            } else {
+                let dst = copy.add(t * stride);
+                for (v, av) in a.iter_mut().enumerate() {
+                    let (lo, hi, raw_lo, raw_hi) = V::load8(row.add(8 * v));
+                    V::store8(dst.add(8 * v), (raw_lo, raw_hi));
+                    if p != 0.0 {
+                        av.0 = vfmaq_f32(av.0, pv, lo);
+                        av.1 = vfmaq_f32(av.1, pv, hi);
+                    }
                 }
             }
         }

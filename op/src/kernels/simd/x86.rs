@@ -173,19 +173,26 @@ unsafe fn strip<V: RowFormat, const W: usize>(
     // SAFETY: all pointer arithmetic stays inside the ranges the caller guarantees.
     unsafe {
         let mut a: [__m256; W] = std::array::from_fn(|v| _mm256_loadu_ps(acc.add(8 * v)));
+        // Each register-wide piece is loaded, copied and added before the next is loaded: W
+        // accumulators plus a couple of temporaries fit the 16 registers (holding a whole row
+        // too would spill an accumulator to the stack on every row).
         for (t, &p) in probs.iter().enumerate() {
             let row = rows.add(t * stride);
-            let x: [(__m256, __m256i); W] = std::array::from_fn(|v| V::load8(row.add(8 * v)));
-            if !copy.is_null() {
-                let dst = copy.add(t * stride);
-                for (v, &(_, raw)) in x.iter().enumerate() {
-                    V::store8(dst.add(8 * v), raw, stream);
+            let pv = _mm256_set1_ps(p);
+            if copy.is_null() {
+                if p != 0.0 {
+                    for (v, av) in a.iter_mut().enumerate() {
+                        *av = _mm256_fmadd_ps(pv, V::load8(row.add(8 * v)).0, *av);
+                    }
                 }
-            }
-            if p != 0.0 {
-                let pv = _mm256_set1_ps(p);
-                for (av, &(xv, _)) in a.iter_mut().zip(&x) {
-                    *av = _mm256_fmadd_ps(pv, xv, *av);
+            } else {
+                let dst = copy.add(t * stride);
+                for (v, av) in a.iter_mut().enumerate() {
+                    let (xv, raw) = V::load8(row.add(8 * v));
+                    V::store8(dst.add(8 * v), raw, stream);
+                    if p != 0.0 {
+                        *av = _mm256_fmadd_ps(pv, xv, *av);
+                    }
                 }
             }
         }
