@@ -219,9 +219,10 @@ pub fn lookat_attention<V: ValueElem>(
     let partials_out = DisjointWriter(partials.as_mut_ptr());
     par.run(tasks * ranges.len(), &|task| {
         let (bh, range) = (task / ranges.len(), ranges[task % ranges.len()].clone());
-        // SAFETY: this task alone owns its s_n states and rows `range` of the [b, h] present
-        // block (the rows of new tokens in it are only read).
+        // SAFETY: this task alone owns its s_n states.
         let states = unsafe { partials_out.slice(task * s_n, s_n) };
+        // SAFETY: this task alone owns rows `range` of the [b, h] present block (the rows of
+        // new tokens among them were written in the first phase and are only read now).
         let (codes, values) = unsafe { call.present(bh, range.clone()) };
         let tables = &tables[bh * table_len..][..table_len];
         call.scan(bh, 0..s_n, tables, states, range, codes, values, true);
