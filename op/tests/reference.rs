@@ -719,7 +719,7 @@ fn prepared_codebook_matches_reference_functions() {
     ] {
         let book = rng.vec(m * k * sub, 1.5);
         let prepared = PreparedCodebook::new(&book, m, k, sub);
-        for n in [1, 4, 7, 9] {
+        for n in [1, 4, 7, 9, 300] {
             let xs: Vec<Vec<f32>> = (0..n).map(|_| rng.vec(m * sub, 1.5)).collect();
             let (mut want, mut got) = (vec![0.0; n * m * k], vec![0.0; n * m * k]);
             let (mut cw, mut cg) = (vec![0u8; n * m], vec![0u8; n * m]);

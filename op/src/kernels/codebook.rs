@@ -99,16 +99,14 @@ impl PreparedCodebook {
         luts: &mut [f32],
     ) {
         let (m, k) = (self.subspaces, self.centroids);
-        let mut scratch = Scratch::new(n, k, self.sub_dim);
-        for (j, first, count) in groups(n, m) {
-            if first == 0 {
-                scratch.gather(j, n, &query, 1.0);
-            }
-            let sums = self.group_sums::<FUSED>(j, first, count, false, &mut scratch);
-            for (g, table) in sums.chunks_exact(k).enumerate() {
-                let lut = &mut luts[((first + g) * m + j) * k..][..k];
-                for (t, &dot) in lut.iter_mut().zip(table) {
-                    *t = dot * scale;
+        let mut scratch = Scratch::new(n, m, k, self.sub_dim);
+        for start in (0..n).step_by(GATHER_CHUNK) {
+            // The scale rides on the query, so the sums are the tables.
+            let len = scratch.gather(start, n, &query, scale);
+            for (j, first, count) in groups(len, m) {
+                let sums = self.group_sums::<FUSED>(j, first, count, false, &mut scratch);
+                for (g, table) in sums.chunks_exact(k).enumerate() {
+                    luts[((start + first + g) * m + j) * k..][..k].copy_from_slice(table);
                 }
             }
         }
@@ -122,14 +120,14 @@ impl PreparedCodebook {
         codes: &mut [u8],
     ) {
         let (m, k) = (self.subspaces, self.centroids);
-        let mut scratch = Scratch::new(n, k, self.sub_dim);
-        for (j, first, count) in groups(n, m) {
-            if first == 0 {
-                scratch.gather(j, n, &key, -2.0);
-            }
-            let sums = self.group_sums::<FUSED>(j, first, count, true, &mut scratch);
-            for (g, dist) in sums.chunks_exact(k).enumerate() {
-                codes[(first + g) * m + j] = argmin(dist) as u8;
+        let mut scratch = Scratch::new(n, m, k, self.sub_dim);
+        for start in (0..n).step_by(GATHER_CHUNK) {
+            let len = scratch.gather(start, n, &key, -2.0);
+            for (j, first, count) in groups(len, m) {
+                let sums = self.group_sums::<FUSED>(j, first, count, true, &mut scratch);
+                for (g, dist) in sums.chunks_exact(k).enumerate() {
+                    codes[(start + first + g) * m + j] = argmin(dist) as u8;
+                }
             }
         }
     }
@@ -149,7 +147,8 @@ impl PreparedCodebook {
         let (k, sub) = (self.centroids, self.sub_dim);
         let rows = &self.transposed[j * sub * k..(j + 1) * sub * k];
         let init = with_norms.then(|| &self.norms[j * k..(j + 1) * k]);
-        let scaled = &scratch.gathered[first * sub..(first + count) * sub];
+        let part = &scratch.gathered[j * scratch.len * sub..(j + 1) * scratch.len * sub];
+        let scaled = &part[first * sub..(first + count) * sub];
         let sums = &mut scratch.sums[..count * k];
         if count == GROUP {
             let xs: [&[f32]; GROUP] = std::array::from_fn(|g| &scaled[g * sub..(g + 1) * sub]);
@@ -188,40 +187,57 @@ impl PreparedCodebook {
     }
 }
 
+/// Vectors gathered per pass of [`Scratch::gather`]: their sub-vectors (64 KiB at D = 64) stay
+/// in L2 while every subspace runs over them.
+const GATHER_CHUNK: usize = 256;
+
 /// Buffers of [`PreparedCodebook::group_sums`].
 struct Scratch {
-    /// Sub-vector `j` of every vector, scaled, contiguous.
+    /// `[m][len][d']`: the current chunk's vectors, scaled, split by subspace.
     gathered: Vec<f32>,
+    /// Vectors in the current chunk.
+    len: usize,
     sums: Vec<f32>,
+    subspaces: usize,
     sub: usize,
 }
 
 impl Scratch {
-    fn new(n: usize, k: usize, sub: usize) -> Scratch {
+    fn new(n: usize, subspaces: usize, k: usize, sub: usize) -> Scratch {
         Scratch {
-            gathered: vec![0.0; n * sub],
+            gathered: vec![0.0; n.min(GATHER_CHUNK) * subspaces * sub],
+            len: 0,
             sums: vec![0.0; GROUP * k],
+            subspaces,
             sub,
         }
     }
 
-    /// Copies `x_scale ·` sub-vector `j` of all `n` vectors together, in one pass of independent
-    /// loads: the vectors are rows of a `[B, S, H·D]` input, one cache line or more apart, and
-    /// loading each just before its sums left every load's latency exposed.
+    /// Copies `x_scale ·` vectors `start..` (at most [`GATHER_CHUNK`] of the `n`), split by
+    /// subspace, in one pass over whole rows; returns how many. The vectors are rows of a
+    /// `[B, S, H·D]` input, a cache line or more apart: reading one subspace of every row per
+    /// pass touched each line separately and left the loads' latency exposed.
     #[inline(always)]
     fn gather<'a>(
         &mut self,
-        j: usize,
+        start: usize,
         n: usize,
         vector: &impl Fn(usize) -> &'a [f32],
         x_scale: f32,
-    ) {
-        let sub = self.sub;
-        for (i, slot) in self.gathered.chunks_exact_mut(sub).take(n).enumerate() {
-            for (dst, &v) in slot.iter_mut().zip(&vector(i)[j * sub..(j + 1) * sub]) {
-                *dst = x_scale * v;
+    ) -> usize {
+        let (m, sub) = (self.subspaces, self.sub);
+        let len = GATHER_CHUNK.min(n - start);
+        self.len = len;
+        for i in 0..len {
+            let x = vector(start + i);
+            for j in 0..m {
+                let dst = &mut self.gathered[(j * len + i) * sub..(j * len + i + 1) * sub];
+                for (d, &v) in dst.iter_mut().zip(&x[j * sub..(j + 1) * sub]) {
+                    *d = x_scale * v;
+                }
             }
         }
+        len
     }
 }
 
@@ -238,41 +254,37 @@ fn groups(n: usize, subspaces: usize) -> impl Iterator<Item = (usize, usize, usi
 }
 
 /// Index of the smallest value, ties to the lowest index, NaN never chosen (0 when nothing is
-/// smaller than +inf): the reference's sequential scan, done in eight independent lanes (which
-/// vectorize) and then merged, lowest index first among equal values.
+/// smaller than +inf): what the reference's sequential scan returns.
 #[inline(always)]
 fn argmin(values: &[f32]) -> usize {
     const LANES: usize = 8;
-    let mut best = [f32::INFINITY; LANES];
-    // 32-bit indices and branch-free selects, so that the lanes become one vector compare and
-    // two blends per chunk.
-    let mut index = [0u32; LANES];
+    // The minimum first, in lanes (a vector min per chunk), then the first index holding it.
+    let mut lanes = [f32::INFINITY; LANES];
     let mut chunks = values.chunks_exact(LANES);
-    for (n, chunk) in chunks.by_ref().enumerate() {
-        for l in 0..LANES {
-            let smaller = chunk[l] < best[l];
-            best[l] = if smaller { chunk[l] } else { best[l] };
-            index[l] = if smaller {
-                (n * LANES + l) as u32
-            } else {
-                index[l]
-            };
+    for chunk in chunks.by_ref() {
+        for (best, &v) in lanes.iter_mut().zip(chunk) {
+            *best = if v < *best { v } else { *best };
         }
     }
-    let (mut best_value, mut best_index) = (f32::INFINITY, 0usize);
-    for l in 0..LANES {
-        let i = index[l] as usize;
-        if best[l] < best_value || (best[l] == best_value && i < best_index) {
-            (best_value, best_index) = (best[l], i);
+    let min = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::INFINITY, |m, &v| if v < m { v } else { m });
+    if min == f32::INFINITY {
+        return 0; // nothing below +inf: the reference keeps index 0
+    }
+    for (n, chunk) in values.chunks_exact(LANES).enumerate() {
+        if chunk.iter().fold(false, |hit, &v| hit | (v == min)) {
+            return n * LANES + chunk.iter().position(|&v| v == min).unwrap_or(0);
         }
     }
-    let tail_start = values.len() - chunks.remainder().len();
-    for (i, &v) in chunks.remainder().iter().enumerate() {
-        if v < best_value {
-            (best_value, best_index) = (v, tail_start + i);
-        }
-    }
-    best_index
+    let tail_start = values.len() - values.len() % LANES;
+    tail_start
+        + values[tail_start..]
+            .iter()
+            .position(|&v| v == min)
+            .unwrap_or(0)
 }
 
 /// Centroids handled per tile for one vector: the partial sums live in registers (8 AVX2 or 16
