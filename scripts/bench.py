@@ -25,7 +25,7 @@ from onnx import helper
 from onnx import numpy_helper as nh
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
-from lookat_testlib import plugin_path  # noqa: E402
+from lookat_testlib import session  # noqa: E402
 
 H, D, K = 12, 64, 256
 E = H * D
@@ -115,14 +115,6 @@ def gqa_model(bits):
         [nh.from_array(np.array([0.05], np.float32), "k_scale"), nh.from_array(np.array([0.05], np.float32), "v_scale")],
         ms=True,
     )
-
-
-def session(m, threads):
-    o = ort.SessionOptions()
-    o.intra_op_num_threads = threads
-    o.inter_op_num_threads = 1
-    o.register_custom_ops_library(plugin_path())
-    return ort.InferenceSession(m.SerializeToString(), o, providers=["CPUExecutionProvider"])
 
 
 def timed_in_rounds(runs, rounds, per_round):

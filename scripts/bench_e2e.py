@@ -26,7 +26,7 @@ import onnxruntime as ort
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
-from lookat_testlib import plugin_path  # noqa: E402
+from lookat_testlib import plugin_path, session  # noqa: E402
 
 ORIGINAL = os.path.join(ROOT, "models", "fixtures", "trained", "dyn18-eager-kv.onnx")
 CALIBRATED = os.path.join(ROOT, "out", "demo", "calibrated.onnx")
@@ -40,14 +40,6 @@ def prompt_ids(n, vocab, seed):
 
 
 # ---- sessions and one IOBinding step -----------------------------------------------------------
-
-def session(path, threads):
-    o = ort.SessionOptions()
-    o.intra_op_num_threads = threads
-    o.inter_op_num_threads = 1
-    o.register_custom_ops_library(plugin_path())
-    return ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
-
 
 class Decoder:
     """One model's session, its cache I/O names and an empty cache of the right dtypes."""
@@ -109,9 +101,9 @@ def run_once(dec, prompt, forced, steps):
     return prefill, times, preds, Decoder.cache_bytes(cache) / past
 
 
-def shares(path, t):
-    """Approximate per-decode-token MACs and bytes read: the weights vs the attention over t cached tokens."""
-    m = onnx.load(path, load_external_data=False)
+def shares(m, t):
+    """Approximate per-decode-token MACs and bytes read of graph `m` (weights not loaded): the weights vs
+    the attention over t cached tokens."""
     weights = sum(int(np.prod(i.dims)) * 4 for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
     dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input}
     layers = sum(1 for n in dims if n.startswith("past_key_values.") and n.endswith(".key"))
@@ -152,11 +144,12 @@ def main(argv=None):
 
     orig = Decoder("original", args.original, args.threads)
     cal = Decoder("calibrated", args.calibrated, args.threads)
-    sh0 = shares(args.original, 0)
+    graph = onnx.load(args.original, load_external_data=False)
+    sh0 = shares(graph, 0)
     ids, source = prompt_ids(max(contexts), sh0["vocab"], args.seed)
     print(f"onnxruntime {ort.__version__}, threads {args.threads}; {sh0['layers']} layers, {sh0['heads']} heads, "
           f"head dim {sh0['head_dim']}, vocab {sh0['vocab']}; prompt: {source}")
-    nodes = {k: len(onnx.load(p, load_external_data=False).graph.node) for k, p in (("o", args.original), ("c", args.calibrated))}
+    nodes = {"o": len(graph.graph.node), "c": len(onnx.load(args.calibrated, load_external_data=False).graph.node)}
     print(f"original   {os.path.relpath(args.original, ROOT)} ({nodes['o']} nodes)\n"
           f"calibrated {os.path.relpath(args.calibrated, ROOT)} ({nodes['c']} nodes)")
 
@@ -187,7 +180,7 @@ def main(argv=None):
                 first_diff = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), None)
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = med["original"] / med["calibrated"]
-        sh = shares(args.original, t + args.steps // 2)
+        sh = shares(graph, t + args.steps // 2)
         cache_mid = bpt_o * (t + args.steps // 2)
         row = dict(context=t, steps=args.steps, reps=args.reps,
                    original=dict(prefill_ms=1e3 * statistics.median(prefills["original"]), ms_per_token=1e3 * med["original"],
@@ -210,7 +203,7 @@ def main(argv=None):
           f"fp32 weights are read, vs the attention:")
     for r in results:
         t = r["context"]
-        print(f"  T={t:<5} attention {shares(args.original, t)['attention_macs'] / 1e6:.2f}M MACs "
+        print(f"  T={t:<5} attention {shares(graph, t)['attention_macs'] / 1e6:.2f}M MACs "
               f"({r['attention_mac_share']:.1%} of MACs; LOOKAT speeds up only its q·K half), original KV cache "
               f"{r['original']['cache_bytes_per_token'] * t / 2**20:.1f} MiB ({r['cache_byte_share_original']:.1%} of bytes read)")
     if args.json:

@@ -21,11 +21,14 @@ def plugin_path() -> str:
     return path
 
 
-def session(model: onnx.ModelProto, threads: int = 2) -> ort.InferenceSession:
+def session(model, threads: int = 2) -> ort.InferenceSession:
+    """A CPU session with the plugin loaded; `model` is an onnx.ModelProto or a file path."""
     opts = ort.SessionOptions()
     opts.register_custom_ops_library(plugin_path())
     opts.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    opts.inter_op_num_threads = 1
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
 def attention_model(

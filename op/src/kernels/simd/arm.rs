@@ -195,83 +195,30 @@ unsafe fn accumulate_rows<V: RowFormat>(
     acc: &mut [f32],
     probs: &[f32],
     rows: &[V],
-    copy_to: Option<&mut [V]>,
+    mut copy_to: Option<&mut [V]>,
 ) {
     let d = acc.len();
     assert_eq!(rows.len(), probs.len() * d, "value rows and probabilities");
-    let copy = match copy_to {
-        Some(dst) => {
-            assert_eq!(dst.len(), rows.len(), "copy destination");
-            dst.as_mut_ptr()
-        }
-        None => std::ptr::null_mut(),
-    };
-    let off = |c: usize| {
-        if copy.is_null() {
-            copy
-        } else {
-            copy.wrapping_add(c)
-        }
-    };
-    let mut c = 0;
-    // SAFETY: each strip covers columns c..c+8W <= d of every row; NEON is available.
-    unsafe {
-        while d - c >= 64 {
-            strip::<V, 8>(
-                acc.as_mut_ptr().add(c),
-                probs,
-                rows.as_ptr().add(c),
-                off(c),
-                d,
-            );
-            c += 64;
-        }
-        if d - c >= 32 {
-            strip::<V, 4>(
-                acc.as_mut_ptr().add(c),
-                probs,
-                rows.as_ptr().add(c),
-                off(c),
-                d,
-            );
-            c += 32;
-        }
-        if d - c >= 16 {
-            strip::<V, 2>(
-                acc.as_mut_ptr().add(c),
-                probs,
-                rows.as_ptr().add(c),
-                off(c),
-                d,
-            );
-            c += 16;
-        }
-        if d - c >= 8 {
-            strip::<V, 1>(
-                acc.as_mut_ptr().add(c),
-                probs,
-                rows.as_ptr().add(c),
-                off(c),
-                d,
-            );
-            c += 8;
-        }
+    if let Some(dst) = &copy_to {
+        assert_eq!(dst.len(), rows.len(), "copy destination");
     }
-    if c < d {
-        for (t, &p) in probs.iter().enumerate() {
-            let row = &rows[t * d + c..(t + 1) * d];
-            if !copy.is_null() {
-                // SAFETY: row t's tail columns of the destination, which has the rows' length.
-                let dst = unsafe { std::slice::from_raw_parts_mut(copy.add(t * d + c), d - c) };
-                dst.copy_from_slice(row);
-            }
-            if p != 0.0 {
-                for (a, &v) in acc[c..].iter_mut().zip(row) {
-                    *a += p * v.scalar();
-                }
+    let copy = copy_to
+        .as_deref_mut()
+        .map_or(std::ptr::null_mut(), <[V]>::as_mut_ptr);
+    let tail = super::for_each_strip(d, |c, groups| {
+        let acc = acc.as_mut_ptr().wrapping_add(c);
+        let (rows, copy) = (rows.as_ptr().wrapping_add(c), super::offset(copy, c));
+        // SAFETY: the strip covers columns c..c + 8·groups <= d of every row; NEON is available.
+        unsafe {
+            match groups {
+                8 => strip::<V, 8>(acc, probs, rows, copy, d),
+                4 => strip::<V, 4>(acc, probs, rows, copy, d),
+                2 => strip::<V, 2>(acc, probs, rows, copy, d),
+                _ => strip::<V, 1>(acc, probs, rows, copy, d),
             }
         }
-    }
+    });
+    super::scalar::accumulate_columns(acc, probs, rows, copy_to, tail, V::scalar);
 }
 
 /// # Safety

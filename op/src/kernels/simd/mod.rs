@@ -112,6 +112,36 @@ pub fn accumulate_rows_f16(
     scalar::accumulate_rows_f16(acc, probs, rows, copy_to)
 }
 
+/// Splits `d` columns into strips of 64, 32, 16 and 8 (8, 4, 2 and 1 eight-column groups, the
+/// widths the SIMD strips are compiled for) and calls `strip(first column, groups)` for each;
+/// returns the first column left to the scalar tail.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+fn for_each_strip(d: usize, mut strip: impl FnMut(usize, usize)) -> usize {
+    let mut c = 0;
+    while d - c >= 64 {
+        strip(c, 8);
+        c += 64;
+    }
+    for groups in [4, 2, 1] {
+        if d - c >= 8 * groups {
+            strip(c, groups);
+            c += 8 * groups;
+        }
+    }
+    c
+}
+
+/// `ptr + by`, or null when `ptr` is (no copy destination).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn offset<V>(ptr: *mut V, by: usize) -> *mut V {
+    if ptr.is_null() {
+        ptr
+    } else {
+        ptr.wrapping_add(by)
+    }
+}
+
 /// `acc *= c`.
 #[inline]
 pub fn scale(acc: &mut [f32], c: f32) {

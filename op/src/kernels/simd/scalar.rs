@@ -28,13 +28,29 @@ pub fn accumulate_rows<V: Copy>(
     copy_to: Option<&mut [V]>,
     to_f32: impl Fn(V) -> f32,
 ) {
+    accumulate_columns(acc, probs, rows, copy_to, 0, to_f32)
+}
+
+/// [`accumulate_rows`] restricted to columns `from..D` (of the sums and of the copy): all of it for
+/// the scalar path, the columns the SIMD strips leave for the others.
+pub fn accumulate_columns<V: Copy>(
+    acc: &mut [f32],
+    probs: &[f32],
+    rows: &[V],
+    mut copy_to: Option<&mut [V]>,
+    from: usize,
+    to_f32: impl Fn(V) -> f32,
+) {
     let d = acc.len();
-    if let Some(dst) = copy_to {
-        dst.copy_from_slice(rows);
+    if from >= d {
+        return;
     }
-    for (&p, row) in probs.iter().zip(rows.chunks_exact(d)) {
+    for (t, (&p, row)) in probs.iter().zip(rows.chunks_exact(d)).enumerate() {
+        if let Some(dst) = copy_to.as_deref_mut() {
+            dst[t * d + from..(t + 1) * d].copy_from_slice(&row[from..]);
+        }
         if p != 0.0 {
-            for (a, &v) in acc.iter_mut().zip(row) {
+            for (a, &v) in acc[from..].iter_mut().zip(&row[from..]) {
                 *a += p * to_f32(v);
             }
         }

@@ -209,99 +209,42 @@ unsafe fn accumulate_rows<V: RowFormat>(
     acc: &mut [f32],
     probs: &[f32],
     rows: &[V],
-    copy_to: Option<&mut [V]>,
+    mut copy_to: Option<&mut [V]>,
     stream: bool,
 ) {
     let d = acc.len();
     assert_eq!(rows.len(), probs.len() * d, "value rows and probabilities");
-    let copy = match copy_to {
-        Some(dst) => {
-            assert_eq!(dst.len(), rows.len(), "copy destination");
-            dst.as_mut_ptr()
-        }
-        None => std::ptr::null_mut(),
-    };
+    if let Some(dst) = &copy_to {
+        assert_eq!(dst.len(), rows.len(), "copy destination");
+    }
+    let copy = copy_to
+        .as_deref_mut()
+        .map_or(std::ptr::null_mut(), <[V]>::as_mut_ptr);
     // Streaming stores need every row start aligned to the store width.
     let width = 8 * std::mem::size_of::<V>();
     let stream = stream
         && !copy.is_null()
         && (copy as usize).is_multiple_of(width)
         && (d * std::mem::size_of::<V>()).is_multiple_of(width);
-    let mut c = 0;
-    // SAFETY: each strip covers columns c..c+8W <= d of every row; CPU features as required.
-    unsafe {
-        while d - c >= 64 {
-            strip::<V, 8>(
-                acc.as_mut_ptr().add(c),
-                probs,
-                rows.as_ptr().add(c),
-                offset(copy, c),
-                d,
-                stream,
-            );
-            c += 64;
-        }
-        if d - c >= 32 {
-            strip::<V, 4>(
-                acc.as_mut_ptr().add(c),
-                probs,
-                rows.as_ptr().add(c),
-                offset(copy, c),
-                d,
-                stream,
-            );
-            c += 32;
-        }
-        if d - c >= 16 {
-            strip::<V, 2>(
-                acc.as_mut_ptr().add(c),
-                probs,
-                rows.as_ptr().add(c),
-                offset(copy, c),
-                d,
-                stream,
-            );
-            c += 16;
-        }
-        if d - c >= 8 {
-            strip::<V, 1>(
-                acc.as_mut_ptr().add(c),
-                probs,
-                rows.as_ptr().add(c),
-                offset(copy, c),
-                d,
-                stream,
-            );
-            c += 8;
-        }
-        if stream {
-            // Streaming stores are weakly ordered: fence them before the pool reports completion.
-            _mm_sfence();
-        }
-    }
-    if c < d {
-        for (t, &p) in probs.iter().enumerate() {
-            let row = &rows[t * d + c..(t + 1) * d];
-            if !copy.is_null() {
-                // SAFETY: row t's tail columns of the destination, which has the rows' length.
-                let dst = unsafe { std::slice::from_raw_parts_mut(copy.add(t * d + c), d - c) };
-                dst.copy_from_slice(row);
-            }
-            if p != 0.0 {
-                for (a, &v) in acc[c..].iter_mut().zip(row) {
-                    *a += p * v.scalar();
-                }
+    let tail = super::for_each_strip(d, |c, groups| {
+        let acc = acc.as_mut_ptr().wrapping_add(c);
+        let (rows, copy) = (rows.as_ptr().wrapping_add(c), super::offset(copy, c));
+        // SAFETY: the strip covers columns c..c + 8·groups <= d of every row; CPU features as
+        // required by this function.
+        unsafe {
+            match groups {
+                8 => strip::<V, 8>(acc, probs, rows, copy, d, stream),
+                4 => strip::<V, 4>(acc, probs, rows, copy, d, stream),
+                2 => strip::<V, 2>(acc, probs, rows, copy, d, stream),
+                _ => strip::<V, 1>(acc, probs, rows, copy, d, stream),
             }
         }
+    });
+    if stream {
+        // Streaming stores are weakly ordered: fence them before the pool reports completion.
+        _mm_sfence();
     }
-}
-
-fn offset<V>(ptr: *mut V, by: usize) -> *mut V {
-    if ptr.is_null() {
-        ptr
-    } else {
-        ptr.wrapping_add(by)
-    }
+    super::scalar::accumulate_columns(acc, probs, rows, copy_to, tail, V::scalar);
 }
 
 /// # Safety
