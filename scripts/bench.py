@@ -120,9 +120,9 @@ def gqa_model(bits):
 def timed_in_rounds(runs, rounds, per_round):
     """Median seconds per run of each callable. Every round runs each variant in turn: a pause
     (each session has its own thread pool, whose threads spin for a while after a run and steal a
-    core from the next session: with a 10 ms pause MultiHeadAttention at T = 4096 measured 7.7 ms
-    instead of 5.2), one untimed run, then `per_round` timed runs. Several rounds spread machine
-    noise over all variants alike."""
+    core from the next session; a 10 ms pause was not long enough on the 2-core VM), one untimed
+    run, then `per_round` timed runs. Several rounds spread machine noise over all variants
+    alike."""
     times = [[] for _ in runs]
     for _ in range(rounds):
         for run, ts in zip(runs, times):
