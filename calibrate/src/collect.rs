@@ -3,10 +3,13 @@
 //! N keys per (layer, head) so memory stays bounded whatever the corpus size.
 
 use std::borrow::Cow;
-use std::path::{Path, PathBuf};
+use std::collections::HashSet;
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use onnx_protobuf::{Message, ValueInfoProto};
+use lookat_onnx::edit::prune_to_outputs;
+use lookat_onnx::io;
+use onnx_protobuf::{Message, ModelProto, ValueInfoProto};
 use ort::environment::Environment;
 use ort::session::SessionInputValue;
 use ort::value::Tensor;
@@ -52,14 +55,6 @@ impl Reservoir {
     }
 }
 
-/// Removes a temporary file when dropped.
-struct TempFile(PathBuf);
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 pub struct CollectOptions {
     pub window: usize,
     pub batch: usize,
@@ -76,14 +71,26 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Prunes `original` to `outputs` (no logits, no later layers' work) and opens it.
+    /// Loads `original` and opens it pruned to `outputs`.
     pub fn new(
         env: &Environment,
         original: &Path,
         outputs: &[String],
         threads: usize,
     ) -> Result<Probe> {
-        let mut model = lookat_rewrite::io::load(original)?;
+        Probe::from_model(env, io::load(original)?, original, outputs, threads)
+    }
+
+    /// Prunes `model` (loaded from `path`) to `outputs` (no logits, no later layers' work) and
+    /// opens it from memory; its external data is read from `path`'s directory, and nothing is
+    /// written to disk.
+    pub fn from_model(
+        env: &Environment,
+        mut model: ModelProto,
+        path: &Path,
+        outputs: &[String],
+        threads: usize,
+    ) -> Result<Probe> {
         let graph = model
             .graph
             .as_mut()
@@ -94,17 +101,14 @@ impl Probe {
             vi.name = name.clone();
             graph.output.push(vi);
         }
-        lookat_rewrite::prune_to_outputs(graph);
-        // Next to the original, so that its external data resolves.
-        let dir = original
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = TempFile(dir.join(format!(".lookat-probe-{}.onnx", std::process::id())));
-        std::fs::write(&tmp.0, model.write_to_bytes()?)
-            .with_context(|| format!("cannot write '{}'", tmp.0.display()))?;
-        let session = crate::runtime::session(env, &tmp.0, None, threads)?;
-        drop(tmp);
+        prune_to_outputs(graph);
+        let session = crate::runtime::session_from_memory(
+            env,
+            &model.write_to_bytes()?,
+            io::model_dir(path),
+            threads,
+        )
+        .with_context(|| format!("cannot open the original model '{}'", path.display()))?;
         let inputs = session
             .inputs()
             .iter()
@@ -158,10 +162,40 @@ impl Probe {
     }
 }
 
-/// Keys of every (layer, head): `result[layer][head]`.
+/// Checks that `original` computes every tensor the rewritten model's LookatAttention nodes read
+/// (query, key, value), so that a wrong `--original` fails before any work.
+pub fn check_original(original: &ModelProto, path: &Path, layers: &[LookatLayer]) -> Result<()> {
+    let graph = original
+        .graph
+        .as_ref()
+        .with_context(|| format!("the original model '{}' has no graph", path.display()))?;
+    let known: HashSet<&str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(String::as_str))
+        .chain(graph.input.iter().map(|i| i.name.as_str()))
+        .collect();
+    for l in layers {
+        for t in [&l.query_tensor, &l.key_tensor, &l.value_tensor] {
+            if !known.contains(t.as_str()) {
+                bail!(
+                    "the original model '{}' does not compute tensor '{t}', which the rewritten \
+                     model's LookatAttention node '{}' reads: --original must be the model that was \
+                     given to lookat-rewrite",
+                    path.display(),
+                    l.node
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keys of every (layer, head): `result[layer][head]`. `original` was loaded from `path`.
 pub fn collect_keys(
     env: &Environment,
-    original: &Path,
+    original: ModelProto,
+    path: &Path,
     layers: &[LookatLayer],
     tokens: &[u32],
     opts: &CollectOptions,
@@ -178,12 +212,12 @@ pub fn collect_keys(
         );
     }
     let names: Vec<String> = layers.iter().map(|l| l.key_tensor.clone()).collect();
-    let mut probe = Probe::new(env, original, &names, opts.threads)?;
+    let mut probe = Probe::from_model(env, original, path, &names, opts.threads)?;
     let mut reservoirs: Vec<Vec<Reservoir>> = layers
         .iter()
         .enumerate()
         .map(|(li, l)| {
-            (0..l.heads)
+            (0..l.heads())
                 .map(|h| {
                     Reservoir::new(
                         opts.reservoir,
@@ -201,7 +235,7 @@ pub fn collect_keys(
         let b = opts.batch.min(windows - first);
         let outputs = probe.run(&tokens[first * w..(first + b) * w], b, w)?;
         for ((li, l), keys) in layers.iter().enumerate().zip(&outputs) {
-            let (d, e) = (l.head_dim(), l.heads * l.head_dim());
+            let (d, e) = (l.head_dim(), l.heads() * l.head_dim());
             if keys.len() != b * w * e {
                 bail!(
                     "key tensor '{}' holds {} values, expected {}x{}x{}",

@@ -1,9 +1,10 @@
 //! Attention-level fidelity of key-compression schemes on keys a model really produces: the
 //! paper's metrics (output cosine, KL of the attention distribution, Spearman ρ of scores, top-5
 //! overlap), computed against exact attention in f64, values kept exact for every scheme.
-//! LOOKAT scores go through the op's own kernels (encode, lookup tables, ADC).
+//! LOOKAT scores go through the kernels the op runs at inference: `PreparedCodebook` encoding and
+//! tables, then `adc_scores`.
 
-use lookat_op::kernels::{adc_scores, build_lut, encode_key};
+use lookat_op::kernels::{adc_scores, PreparedCodebook};
 
 /// A way to store keys.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -206,7 +207,7 @@ fn scaled_scores(q: &[f32], keys: &[f32], d: usize, visible: usize, scale: f64) 
 }
 
 /// One head of one window: queries at `positions` against keys `[T, D]` and values `[T, D]`.
-/// `codebook` (`[m, K, D/m]`) is used for LOOKAT schemes.
+/// `codebook` (one head's, prepared) is used for LOOKAT schemes.
 pub fn head_metrics(
     queries: &[&[f32]],
     positions: &[usize],
@@ -214,7 +215,7 @@ pub fn head_metrics(
     values: &[f32],
     d: usize,
     scheme: Scheme,
-    codebook: Option<(&[f32], usize)>,
+    codebook: Option<&PreparedCodebook>,
 ) -> Metrics {
     let scale = 1.0 / (d as f64).sqrt();
     let t_n = keys.len() / d;
@@ -223,12 +224,10 @@ pub fn head_metrics(
         s => Some(scalar_roundtrip(keys, d, s)),
     };
     let codes = match (scheme, codebook) {
-        (Scheme::Lookat { subspaces }, Some((book, k))) => {
+        (Scheme::Lookat { subspaces }, Some(book)) => {
             let mut c = vec![0u8; t_n * subspaces];
-            for (row, code) in keys.chunks_exact(d).zip(c.chunks_exact_mut(subspaces)) {
-                encode_key(row, book, k, code);
-            }
-            Some((c, subspaces, book, k))
+            book.encode_keys(t_n, |t| &keys[t * d..(t + 1) * d], &mut c);
+            Some((c, subspaces, book, book.centroids()))
         }
         _ => None,
     };
@@ -238,7 +237,7 @@ pub fn head_metrics(
         let exact = scaled_scores(q, keys, d, visible, scale);
         let approx: Vec<f64> = if let Some((codes, sub, book, k)) = &codes {
             let mut lut = vec![0f32; sub * k];
-            build_lut(q, book, *k, *sub, scale as f32, &mut lut);
+            book.build_lut(q, scale as f32, &mut lut);
             let mut s = vec![0f32; visible];
             adc_scores(&lut, &codes[..visible * sub], *k, *sub, &mut s);
             s.into_iter().map(f64::from).collect()

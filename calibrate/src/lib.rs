@@ -4,6 +4,9 @@
 //! tokenize (GPT-2 BPE) → run the original in ONNX Runtime, keeping a reservoir of keys per
 //! (layer, head) → seeded k-means per (layer, head, subspace), in parallel but deterministic →
 //! codebooks + metadata into the rewritten model, written atomically.
+//!
+//! Quantization errors are measured through the op's own encoding (`PreparedCodebook`), the
+//! arithmetic that runs at inference.
 
 pub mod collect;
 pub mod decode;
@@ -19,8 +22,12 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
+use lookat_contract::metadata;
+use lookat_onnx::io;
+use lookat_op::kernels::PreparedCodebook;
+
 use crate::collect::{collect_keys, CollectOptions, Reservoir};
-use crate::kmeans::{job_seed, kmeans, nearest};
+use crate::kmeans::{job_seed, kmeans};
 use crate::model::{lookat_layers, set_metadata, write_codebooks, LookatLayer};
 
 pub struct CalibrateOptions {
@@ -114,7 +121,8 @@ pub fn learn_codebooks(
         .iter()
         .enumerate()
         .flat_map(|(l, layer)| {
-            (0..layer.heads).flat_map(move |h| (0..layer.subspaces).map(move |j| (l, h, j)))
+            (0..layer.shape.heads)
+                .flat_map(move |h| (0..layer.shape.subspaces).map(move |j| (l, h, j)))
         })
         .collect();
     bar.set_length(jobs.len() as u64);
@@ -132,7 +140,7 @@ pub fn learn_codebooks(
         .par_iter()
         .map(|&(l, h, j)| {
             let layer = &layers[l];
-            let (d, sub) = (layer.head_dim(), layer.sub_dim);
+            let (d, sub) = (layer.head_dim(), layer.shape.sub_dim);
             let points: Vec<f32> = keys[l][h]
                 .data
                 .chunks_exact(d)
@@ -141,7 +149,7 @@ pub fn learn_codebooks(
             let c = kmeans(
                 &points,
                 sub,
-                layer.centroids,
+                layer.shape.centroids,
                 iters,
                 job_seed(seed, &[l as u64, h as u64, j as u64]),
             );
@@ -149,12 +157,12 @@ pub fn learn_codebooks(
             c
         })
         .collect();
+    // Jobs run in (head, subspace) order: the [H, m, K, d'] layout of the codebooks tensor.
     let mut out = vec![];
     let mut it = books.into_iter();
     for layer in layers {
-        let mut book =
-            Vec::with_capacity(layer.heads * layer.subspaces * layer.centroids * layer.sub_dim);
-        for _ in 0..layer.heads * layer.subspaces {
+        let mut book = Vec::with_capacity(layer.shape.len());
+        for _ in 0..layer.shape.heads * layer.shape.subspaces {
             book.extend(it.next().context("missing k-means job")?);
         }
         out.push(book);
@@ -162,7 +170,8 @@ pub fn learn_codebooks(
     Ok(out)
 }
 
-/// Quantization error of the collected keys under the learned codebooks.
+/// Quantization error of the collected keys under the learned codebooks, each key encoded the way
+/// the op encodes it.
 pub fn key_errors(
     layers: &[LookatLayer],
     keys: &[Vec<Reservoir>],
@@ -170,28 +179,35 @@ pub fn key_errors(
 ) -> Vec<HeadError> {
     let mut out = vec![];
     for (l, layer) in layers.iter().enumerate() {
-        let (d, sub, k, m) = (
-            layer.head_dim(),
-            layer.sub_dim,
-            layer.centroids,
-            layer.subspaces,
-        );
+        let shape = layer.shape;
+        let d = shape.head_dim();
         for (h, res) in keys[l].iter().enumerate() {
+            let book = &books[l][shape.head(h)];
+            let prepared =
+                PreparedCodebook::new(book, shape.subspaces, shape.centroids, shape.sub_dim);
+            let n = res.len();
+            let mut codes = vec![0u8; n * shape.subspaces];
+            prepared.encode_keys(n, |i| &res.data[i * d..(i + 1) * d], &mut codes);
             let (mut err, mut norm) = (0f64, 0f64);
-            for key in res.data.chunks_exact(d) {
-                for j in 0..m {
-                    let cents = &books[l][((h * m + j) * k) * sub..((h * m + j + 1) * k) * sub];
-                    let x = &key[j * sub..(j + 1) * sub];
-                    err += nearest(x, cents, sub).1 as f64;
-                    norm += x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+            for (key, key_codes) in res
+                .data
+                .chunks_exact(d)
+                .zip(codes.chunks_exact(shape.subspaces))
+            {
+                for (j, &c) in key_codes.iter().enumerate() {
+                    let x = &key[j * shape.sub_dim..(j + 1) * shape.sub_dim];
+                    let centroid = &books[l][shape.offset(h, j, c as usize)..][..shape.sub_dim];
+                    for (a, b) in x.iter().zip(centroid) {
+                        err += (*a as f64 - *b as f64).powi(2);
+                        norm += (*a as f64).powi(2);
+                    }
                 }
             }
-            let n = res.len().max(1);
             out.push(HeadError {
                 layer: l,
                 head: h,
-                keys: res.len(),
-                mse: err / (n * d) as f64,
+                keys: n,
+                mse: err / (n.max(1) * d) as f64,
                 relative: if norm > 0.0 { err / norm } else { 0.0 },
             });
         }
@@ -200,16 +216,21 @@ pub fn key_errors(
 }
 
 pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
-    lookat_rewrite::io::check_distinct(&opts.rewritten, &opts.output)?;
-    lookat_rewrite::io::check_distinct(&opts.original, &opts.output)?;
-    let mut model = lookat_rewrite::io::load(&opts.rewritten)?;
+    // Everything that can fail cheaply fails before the forward passes and k-means.
+    io::check_distinct(&opts.rewritten, &opts.output)?;
+    io::check_distinct(&opts.original, &opts.output)?;
+    io::check_writable(&opts.output)?;
+    let mut model = io::load(&opts.rewritten)?;
     let layers = lookat_layers(&model)?;
+    let original = io::load(&opts.original)?;
+    collect::check_original(&original, &opts.original, &layers)?;
     let (tokens, corpus_sha256) = tokenize_corpus(&opts.texts, opts.tokens, opts.quiet)?;
 
     let env = runtime::init(opts.ort_lib.as_deref())?;
     let bar = progress_bar(opts.quiet, "forward");
     let keys = collect_keys(
         env,
+        original,
         &opts.original,
         &layers,
         &tokens,
@@ -236,16 +257,16 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
     write_codebooks(&mut model, &layers, &books)?;
     let first = &layers[0];
     for (k, v) in [
-        ("lookat.subspaces", first.subspaces.to_string()),
-        ("lookat.centroids", first.centroids.to_string()),
-        ("lookat.seed", opts.seed.to_string()),
-        ("lookat.tokens", tokens_used.to_string()),
-        ("lookat.window", opts.window.to_string()),
-        ("lookat.iters", opts.iters.to_string()),
-        ("lookat.reservoir", opts.reservoir.to_string()),
-        ("lookat.corpus_sha256", corpus_sha256.clone()),
+        (metadata::SUBSPACES, first.shape.subspaces.to_string()),
+        (metadata::CENTROIDS, first.shape.centroids.to_string()),
+        (metadata::SEED, opts.seed.to_string()),
+        (metadata::TOKENS, tokens_used.to_string()),
+        (metadata::WINDOW, opts.window.to_string()),
+        (metadata::ITERS, opts.iters.to_string()),
+        (metadata::RESERVOIR, opts.reservoir.to_string()),
+        (metadata::CORPUS_SHA256, corpus_sha256.clone()),
         (
-            "lookat.tool_version",
+            metadata::TOOL_VERSION,
             format!("lookat-calibrate {}", env!("CARGO_PKG_VERSION")),
         ),
     ] {
@@ -256,7 +277,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    lookat_rewrite::io::save(&model, dir, &opts.output)?;
+    io::save(&model, dir, &opts.output)?;
     Ok(Summary {
         layers,
         tokens_used,

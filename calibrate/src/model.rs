@@ -1,9 +1,12 @@
 //! The LookatAttention nodes of a rewritten model, and writing calibrated codebooks into it.
 
 use anyhow::{bail, Context, Result};
-use onnx_protobuf::{tensor_proto::DataType, ModelProto, StringStringEntryProto};
+use lookat_contract::{attr, input, CodebookShape, DOMAIN, OP_NAME};
+use onnx_protobuf::{tensor_proto::DataType, ModelProto};
 
-/// One LookatAttention node: which key tensor it encodes and the geometry of its codebooks.
+pub use lookat_onnx::build::set_metadata;
+
+/// One LookatAttention node: which tensors it reads and the geometry of its codebooks.
 #[derive(Debug, Clone)]
 pub struct LookatLayer {
     pub node: String,
@@ -11,19 +14,21 @@ pub struct LookatLayer {
     pub query_tensor: String,
     pub key_tensor: String,
     pub value_tensor: String,
+    /// The codebooks initializer.
     pub codebooks: String,
-    pub heads: usize,
-    pub subspaces: usize,
-    pub centroids: usize,
-    pub sub_dim: usize,
+    pub shape: CodebookShape,
 }
 
 impl LookatLayer {
+    pub fn heads(&self) -> usize {
+        self.shape.heads
+    }
     pub fn head_dim(&self) -> usize {
-        self.subspaces * self.sub_dim
+        self.shape.head_dim()
     }
 }
 
+/// Every LookatAttention node of a rewritten model, in graph order.
 pub fn lookat_layers(model: &ModelProto) -> Result<Vec<LookatLayer>> {
     let graph = model
         .graph
@@ -33,17 +38,25 @@ pub fn lookat_layers(model: &ModelProto) -> Result<Vec<LookatLayer>> {
     for n in graph
         .node
         .iter()
-        .filter(|n| n.domain == "com.lookat" && n.op_type == "LookatAttention")
+        .filter(|n| n.domain == DOMAIN && n.op_type == OP_NAME)
     {
         let heads = n
             .attribute
             .iter()
-            .find(|a| a.name == "num_heads")
+            .find(|a| a.name == attr::NUM_HEADS)
             .map(|a| a.i)
-            .with_context(|| format!("node '{}' has no num_heads", n.name))?;
-        let (key, books) = match (n.input.get(1), n.input.get(6)) {
-            (Some(k), Some(c)) if !k.is_empty() && !c.is_empty() => (k.clone(), c.clone()),
-            _ => bail!("node '{}' lacks its key or codebooks input", n.name),
+            .with_context(|| format!("node '{}' has no {}", n.name, attr::NUM_HEADS))?;
+        let tensor = |i: usize| n.input.get(i).filter(|t| !t.is_empty()).cloned();
+        let (Some(query), Some(key), Some(value), Some(books)) = (
+            tensor(input::QUERY),
+            tensor(input::KEY),
+            tensor(input::VALUE),
+            tensor(input::CODEBOOKS),
+        ) else {
+            bail!(
+                "node '{}' lacks its query, key, value or codebooks input",
+                n.name
+            );
         };
         let init = graph
             .initializer
@@ -55,32 +68,30 @@ pub fn lookat_layers(model: &ModelProto) -> Result<Vec<LookatLayer>> {
                     n.name
                 )
             })?;
-        let [h, m, k, sub] = init.dims[..] else {
-            bail!(
+        let shape = CodebookShape::from_dims(&init.dims).with_context(|| {
+            format!(
                 "codebooks '{books}' have shape {:?}, expected [H, m, K, D/m]",
                 init.dims
-            );
-        };
-        if h != heads {
+            )
+        })?;
+        if shape.heads as i64 != heads {
             bail!(
-                "codebooks '{books}' have {h} heads, node '{}' has num_heads={heads}",
+                "codebooks '{books}' have {} heads, node '{}' has num_heads={heads}",
+                shape.heads,
                 n.name
             );
         }
         layers.push(LookatLayer {
             node: n.name.clone(),
-            query_tensor: n.input[0].clone(),
+            query_tensor: query,
             key_tensor: key,
-            value_tensor: n.input[2].clone(),
+            value_tensor: value,
             codebooks: books,
-            heads: heads as usize,
-            subspaces: m as usize,
-            centroids: k as usize,
-            sub_dim: sub as usize,
+            shape,
         });
     }
     if layers.is_empty() {
-        bail!("the model holds no com.lookat::LookatAttention node: rewrite it with lookat-rewrite first");
+        bail!("the model holds no {DOMAIN}::{OP_NAME} node: rewrite it with lookat-rewrite first");
     }
     Ok(layers)
 }
@@ -98,7 +109,7 @@ pub fn write_codebooks(
             .iter_mut()
             .find(|t| t.name == layer.codebooks)
             .with_context(|| format!("initializer '{}' disappeared", layer.codebooks))?;
-        let want = layer.heads * layer.subspaces * layer.centroids * layer.sub_dim;
+        let want = layer.shape.len();
         if book.len() != want || book.iter().any(|x| !x.is_finite()) {
             bail!(
                 "codebooks of '{}' are malformed ({} values, {want} expected, or non-finite)",
@@ -112,13 +123,4 @@ pub fn write_codebooks(
         t.doc_string = "LookatAttention codebooks written by lookat-calibrate".into();
     }
     Ok(())
-}
-
-/// Sets `key` in the model's metadata_props (replacing an earlier value).
-pub fn set_metadata(model: &mut ModelProto, key: &str, value: String) {
-    model.metadata_props.retain(|p| p.key != key);
-    let mut p = StringStringEntryProto::new();
-    p.key = key.to_string();
-    p.value = value;
-    model.metadata_props.push(p);
 }

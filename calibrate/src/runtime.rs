@@ -1,5 +1,6 @@
-//! ONNX Runtime for the Rust tools: the shared library of the PyPI wheel (`ORT_DYLIB_PATH` or
-//! `--ort-lib`), and sessions with or without the LookatAttention plugin.
+//! ONNX Runtime for the Rust tools: its shared library (`--ort-lib`, `ORT_DYLIB_PATH`, or the one
+//! inside the `onnxruntime` Python package that `python3` imports), and sessions with or without
+//! the LookatAttention plugin.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -10,20 +11,12 @@ use ort::session::Session;
 
 static ENV: OnceLock<Environment> = OnceLock::new();
 
-/// Loads ONNX Runtime once per process from `lib` (or `ORT_DYLIB_PATH`).
+/// Loads ONNX Runtime once per process from `lookat_onnx::locate::ort_library(lib)`.
 pub fn init(lib: Option<&Path>) -> Result<&'static Environment> {
     if let Some(env) = ENV.get() {
         return Ok(env);
     }
-    let path: PathBuf = match lib {
-        Some(p) => p.to_path_buf(),
-        None => std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).ok_or_else(|| {
-            anyhow!("set ORT_DYLIB_PATH (or --ort-lib) to libonnxruntime.so, e.g. the one in the onnxruntime wheel: .venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1")
-        })?,
-    };
-    if !path.is_file() {
-        bail!("ONNX Runtime library '{}' does not exist", path.display());
-    }
+    let path = lookat_onnx::locate::ort_library(lib)?;
     let env = ort::init_from(&path)
         .map_err(|e| anyhow!("cannot load ONNX Runtime from '{}': {e}", path.display()))?
         .build()
@@ -58,6 +51,28 @@ pub fn session(
                 model.display()
             )
         })
+}
+
+/// A session over a model held in memory whose external data lies in `external_data_dir`.
+pub fn session_from_memory(
+    env: &Environment,
+    model: &[u8],
+    external_data_dir: &Path,
+    threads: usize,
+) -> Result<Session> {
+    let dir = external_data_dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve '{}'", external_data_dir.display()))?;
+    let fail = |e: &dyn std::fmt::Display| anyhow!("cannot create an ONNX Runtime session: {e}");
+    let b = Session::builder(env).map_err(|e| fail(&e))?;
+    let b = b.with_intra_threads(threads.max(1)).map_err(|e| fail(&e))?;
+    let mut b = b
+        .with_config_entry(
+            "session.model_external_initializers_file_folder_path",
+            dir.to_string_lossy(),
+        )
+        .map_err(|e| fail(&e))?;
+    b.commit_from_memory(model).map_err(|e| fail(&e))
 }
 
 /// The plugin: `--op-lib`, else `LOOKAT_OP_LIB`, else next to this executable.

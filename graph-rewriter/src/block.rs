@@ -2,7 +2,7 @@
 //! (head split and merge, the key/value cache concatenation, the mask) that every exporter family
 //! builds the same way.
 
-use crate::graph::{attr_int, attr_ints, is_op, GraphIndex};
+use lookat_onnx::graph::{attr_int, attr_ints, is_op, GraphIndex};
 
 /// Why a candidate is not an attention block this matcher rewrites.
 pub type Miss = String;

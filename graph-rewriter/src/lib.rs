@@ -1,22 +1,25 @@
-//! `lookat-rewrite`: finds the attention blocks of exported GPT-2 ONNX models and replaces each
-//! with `com.lookat::LookatAttention`, turning the key cache I/O into uint8 codes.
+//! `lookat-rewrite`: finds the attention blocks of exported ONNX models and replaces each with
+//! `com.lookat::LookatAttention`, turning the key cache I/O into uint8 codes.
 //!
-//! - [`graph`]: a read-only index (producers, consumers, constants).
 //! - [`block`]: the boundary of an attention block and the matching pieces all exporters share.
-//! - [`patterns`]: one matcher per exporter attention pattern, each bailing early with a reason.
-//! - [`rewrite`]: applying blocks, dead-node removal, sorting, consistency checks.
-//! - [`io`]: atomic writes, external data.
+//! - [`scores`]: the scores → softmax → values path of the Softmax-anchored patterns.
+//! - [`patterns`]: one matcher per exporter attention pattern, each bailing early with a reason;
+//!   the ops refused by name; finding every block of a graph.
+//! - [`rewrite`]: planning each block's patch, applying it, the report.
+//! - [`cli`]: exit statuses and argument parsing shared by the tools.
+//!
+//! ONNX utilities (graph index, atomic I/O, dead-node removal, sorting, the consistency check)
+//! live in `lookat-onnx`; the op's names and I/O positions in `lookat-contract`.
 
 pub mod block;
-pub mod graph;
-pub mod io;
+pub mod cli;
 pub mod patterns;
 pub mod rewrite;
+pub mod scores;
 
-pub use rewrite::{
-    codebooks_name, codes_name, find_blocks, prune_to_outputs, rewrite, Options, Refusal, Report,
-    ValueDtype,
-};
+pub use lookat_onnx::io;
+pub use patterns::find_blocks;
+pub use rewrite::{plan_block, rewrite, CacheIoChange, Options, Refusal, Report, ValueDtype};
 
 /// One entry point for fuzzers and their corpus replay: arbitrary bytes as a model, rewritten
 /// with a subspace count taken from the first byte. Must end in `Ok` or `Err`, never panic.

@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
+use lookat_rewrite::cli::{self, EXIT_ERROR, EXIT_NOTHING_TO_REWRITE};
 use lookat_rewrite::{io, rewrite, Options, Refusal, ValueDtype};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -10,14 +11,16 @@ enum ValueDtypeArg {
     F16,
 }
 
-/// Replace the attention of an exported GPT-2 ONNX model with com.lookat::LookatAttention.
+/// Replace the attention of an exported ONNX model (GPT-2 or Llama family) with
+/// com.lookat::LookatAttention.
 ///
 /// The key cache inputs/outputs `past_key_values.N.key` / `present.N.key` become uint8 code tensors
 /// `past_key_values.N.key_codes` / `present.N.key_codes` of shape [batch, heads, tokens, M]. The
 /// codebooks `lookat.codebooks.N` are written as NaN: run lookat-calibrate before using the model
 /// (onnxruntime refuses to create a session with uncalibrated codebooks).
 ///
-/// Exit status: 0 rewritten, 1 error, 2 nothing to rewrite (no attention found, or already rewritten).
+/// Exit status: 0 rewritten, 1 error, 2 nothing to rewrite (no attention found, or already
+/// rewritten), 64 bad usage.
 #[derive(Parser)]
 #[command(name = "lookat-rewrite", version)]
 struct Cli {
@@ -41,13 +44,20 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match cli::parse::<Cli>() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let refusal = e.downcast_ref::<Refusal>().is_some();
             eprintln!("lookat-rewrite: {e:#}");
-            ExitCode::from(if refusal { 2 } else { 1 })
+            ExitCode::from(if refusal {
+                EXIT_NOTHING_TO_REWRITE
+            } else {
+                EXIT_ERROR
+            })
         }
     }
 }
@@ -111,11 +121,14 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     if report.cache_io.is_empty() {
         println!("  no cache I/O (export without past/present)");
     }
-    for (name, dir, dtype, dims) in &report.cache_io {
-        println!("  cache {dir:<6} {name}: {dtype} {dims}");
+    for c in &report.cache_io {
+        println!(
+            "  cache {:<6} {}: {} {}",
+            c.direction, c.name, c.elem, c.dims
+        );
     }
-    let (kb, vb) = report.bytes_before;
-    let (ka, va) = report.bytes_after;
+    let (kb, vb) = report.bytes_before();
+    let (ka, va) = report.bytes_after();
     println!(
         "  cache bytes per token (all layers): keys {kb} -> {ka}, values {vb} -> {va}, total {} -> {} ({:.2}x)",
         kb + vb,
@@ -124,8 +137,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
     );
     println!(
         "  codebooks: {} bytes fp32 (amortised over T tokens: {:.1} B/token at T=1024); NaN until lookat-calibrate",
-        report.codebook_bytes,
-        report.codebook_bytes as f64 / 1024.0
+        report.codebook_bytes(),
+        report.codebook_bytes() as f64 / 1024.0
     );
     println!("wrote '{}'", cli.output.display());
     Ok(())

@@ -6,7 +6,8 @@
 //! - `ort_glue` (private): the ONNX Runtime custom-op plugin. The cdylib exports exactly one
 //!   symbol, `RegisterCustomOps`.
 //!
-//! The operator contract lives in `docs/op-spec.md`.
+//! The operator's names, I/O positions and codebook layout come from `lookat-contract`
+//! (re-exported as [`contract`]); its semantics are in `docs/op-spec.md`.
 
 pub mod kernels;
 mod ort_glue;
@@ -15,8 +16,4 @@ pub use kernels::{
     lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs, Geometry, LookatError,
     ParallelFor, Serial, ValueElem,
 };
-
-/// Operator domain, name and opset version, as written into rewritten models.
-pub const DOMAIN: &str = "com.lookat";
-pub const OP_NAME: &str = "LookatAttention";
-pub const OPSET_VERSION: i64 = 1;
+pub use lookat_contract as contract;

@@ -1,47 +1,60 @@
-//! Shared helpers of the Rust end-to-end tests: the ONNX Runtime library and the plugin (both
-//! required: a missing one fails the test with the set-up command to run), and one-node models.
+//! Shared helpers of the Rust end-to-end tests: the ONNX Runtime library and a plugin built from
+//! the current sources (a missing one fails the test with the set-up command to run; a stale one
+//! is rebuilt, never run), and one-node models written from the op's contract.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use onnx_protobuf::{
-    attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,
-    AttributeProto, GraphProto, Message, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
-};
+use lookat_contract::{attr, input, output, CodebookShape, DOMAIN, OPSET_VERSION, OP_NAME};
+use lookat_onnx::build::{float_tensor, int_attribute, node, value_info, Dim};
+use onnx_protobuf::{tensor_proto::DataType, GraphProto, Message, ModelProto, OperatorSetIdProto};
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()
 }
 
-/// The ONNX Runtime shared library from the project venv (`ORT_DYLIB_PATH` overrides).
+/// The ONNX Runtime shared library: `ORT_DYLIB_PATH`, else the one in the project venv's
+/// onnxruntime package (made by scripts/setup.sh).
 pub fn ort_library() -> PathBuf {
-    let path = std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            repo_root().join(
-                ".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1",
-            )
-        });
-    assert!(
-        path.is_file(),
-        "ONNX Runtime library {} is missing: run scripts/setup.sh",
-        path.display()
-    );
-    path
+    let found = match std::env::var_os("ORT_DYLIB_PATH") {
+        Some(p) => lookat_onnx::locate::ort_library(Some(&PathBuf::from(p))),
+        None => {
+            lookat_onnx::locate::library_in_python_package(&repo_root().join(".venv/bin/python"))
+        }
+    };
+    found.unwrap_or_else(|e| panic!("ONNX Runtime library not found ({e:#}): run scripts/setup.sh"))
 }
 
-/// The LookatAttention plugin (`LOOKAT_OP_LIB` overrides).
+/// The release build of the workspace, run once per test process so that the plugin and the tools
+/// the tests use are built from the current sources (`cargo test` alone does not build the
+/// cdylib). With `LOOKAT_OP_LIB` set (the ARM64 job's cross-built plugin) nothing is built.
+pub fn build_release() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        if std::env::var_os("LOOKAT_OP_LIB").is_some() {
+            return;
+        }
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--release", "--workspace", "--locked", "--quiet"])
+            .current_dir(repo_root())
+            .status()
+            .expect("run cargo build --release");
+        assert!(status.success(), "cargo build --release --workspace failed");
+    });
+}
+
+/// The LookatAttention plugin, built from the current sources (`LOOKAT_OP_LIB` overrides).
 pub fn plugin_library() -> PathBuf {
+    build_release();
     let path = std::env::var_os("LOOKAT_OP_LIB")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/release/liblookat_op.so"));
     assert!(
         path.is_file(),
-        "plugin {} is missing: run scripts/setup.sh (cargo build --release)",
+        "plugin {} is missing: run scripts/setup.sh",
         path.display()
     );
     path
@@ -78,49 +91,6 @@ pub fn session(model: &[u8], threads: usize) -> ort::session::Session {
         .expect("create a session with the LookatAttention plugin")
 }
 
-pub enum Dim {
-    Fixed(i64),
-    Named(&'static str),
-}
-
-pub fn value_info(name: &str, elem: DataType, dims: &[Dim]) -> ValueInfoProto {
-    let mut shape = TensorShapeProto::new();
-    for d in dims {
-        let mut dim = tensor_shape_proto::Dimension::new();
-        dim.value = Some(match d {
-            Dim::Fixed(v) => tensor_shape_proto::dimension::Value::DimValue(*v),
-            Dim::Named(s) => tensor_shape_proto::dimension::Value::DimParam(s.to_string()),
-        });
-        shape.dim.push(dim);
-    }
-    let mut tensor = type_proto::Tensor::new();
-    tensor.elem_type = elem as i32;
-    tensor.shape = Some(shape).into();
-    let mut ty = TypeProto::new();
-    ty.value = Some(type_proto::Value::TensorType(tensor));
-    let mut vi = ValueInfoProto::new();
-    vi.name = name.to_string();
-    vi.type_ = Some(ty).into();
-    vi
-}
-
-pub fn float_initializer(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
-    let mut t = TensorProto::new();
-    t.name = name.to_string();
-    t.dims = dims.to_vec();
-    t.data_type = DataType::FLOAT as i32;
-    t.raw_data = data.iter().flat_map(|x| x.to_le_bytes()).collect();
-    t
-}
-
-pub fn int_attribute(name: &str, value: i64) -> AttributeProto {
-    let mut a = AttributeProto::new();
-    a.name = name.to_string();
-    a.type_ = AttributeType::INT.into();
-    a.i = value;
-    a
-}
-
 /// Geometry of a one-node LookatAttention model.
 pub struct OneNode {
     pub heads: usize,
@@ -131,85 +101,77 @@ pub struct OneNode {
     pub codebooks: Vec<f32>,
 }
 
-/// A model holding one LookatAttention node; codebooks as an initializer, mask as an input.
+/// A model holding one LookatAttention node whose inputs and outputs carry the contract's names;
+/// codebooks as an initializer, mask as an input.
 pub fn one_node_model(spec: &OneNode) -> Vec<u8> {
-    use Dim::{Fixed, Named};
-    let (h, d, m) = (
-        spec.heads as i64,
-        spec.head_dim as i64,
-        spec.subspaces as i64,
-    );
+    let (h, d, m) = (spec.heads, spec.head_dim, spec.subspaces);
     let e = h * d;
-    let mut node = NodeProto::new();
-    node.op_type = "LookatAttention".into();
-    node.domain = "com.lookat".into();
-    node.name = "attn0".into();
-    node.input = [
-        "query",
-        "key",
-        "value",
-        "past_key_codes",
-        "past_value",
-        "attention_mask",
-        "codebooks",
-    ]
-    .map(String::from)
-    .to_vec();
-    node.output = ["output", "present_key_codes", "present_value"]
-        .map(String::from)
-        .to_vec();
-    node.attribute.push(int_attribute("num_heads", h));
-
+    let shape = CodebookShape::new(h, d, m, spec.centroids).expect("subspaces divide head_dim");
+    let named = |s: &str| Dim::from(s);
+    let input_names: Vec<&str> = input::PORTS[..=input::CODEBOOKS]
+        .iter()
+        .map(|p| p.name)
+        .collect();
+    let output_names: Vec<&str> = output::PORTS[..=output::PRESENT_VALUE]
+        .iter()
+        .map(|p| p.name)
+        .collect();
     let mut graph = GraphProto::new();
     graph.name = "lookat_one_node".into();
-    graph.node.push(node);
-    for name in ["query", "key", "value"] {
-        graph.input.push(value_info(
-            name,
-            DataType::FLOAT,
-            &[Named("B"), Named("S"), Fixed(e)],
-        ));
+    graph.node.push(node(
+        "attn0",
+        DOMAIN,
+        OP_NAME,
+        &input_names,
+        &output_names,
+        vec![int_attribute(attr::NUM_HEADS, h as i64)],
+    ));
+    let token_rows = [named("B"), named("S"), e.into()];
+    for i in [input::QUERY, input::KEY, input::VALUE] {
+        graph
+            .input
+            .push(value_info(input::name(i), DataType::FLOAT, &token_rows));
     }
     graph.input.push(value_info(
-        "past_key_codes",
+        input::name(input::PAST_KEY_CODES),
         DataType::UINT8,
-        &[Named("B"), Fixed(h), Named("P"), Fixed(m)],
+        &[named("B"), h.into(), named("P"), m.into()],
     ));
     graph.input.push(value_info(
-        "past_value",
+        input::name(input::PAST_VALUE),
         spec.value_type,
-        &[Named("B"), Fixed(h), Named("P"), Fixed(d)],
+        &[named("B"), h.into(), named("P"), d.into()],
     ));
     graph.input.push(value_info(
-        "attention_mask",
+        input::name(input::ATTENTION_MASK),
         DataType::INT64,
-        &[Named("B"), Named("T")],
+        &[named("B"), named("T")],
     ));
-    graph.initializer.push(float_initializer(
-        "codebooks",
-        &[h, m, spec.centroids as i64, d / m],
+    graph.initializer.push(float_tensor(
+        input::name(input::CODEBOOKS),
+        &shape.dims(),
         &spec.codebooks,
     ));
     graph.output.push(value_info(
-        "output",
+        output::name(output::OUTPUT),
         DataType::FLOAT,
-        &[Named("B"), Named("S"), Fixed(e)],
+        &token_rows,
     ));
     graph.output.push(value_info(
-        "present_key_codes",
+        output::name(output::PRESENT_KEY_CODES),
         DataType::UINT8,
-        &[Named("B"), Fixed(h), Named("T"), Fixed(m)],
+        &[named("B"), h.into(), named("T"), m.into()],
     ));
     graph.output.push(value_info(
-        "present_value",
+        output::name(output::PRESENT_VALUE),
         spec.value_type,
-        &[Named("B"), Fixed(h), Named("T"), Fixed(d)],
+        &[named("B"), h.into(), named("T"), d.into()],
     ));
 
     let mut model = ModelProto::new();
     model.ir_version = 9;
     model.producer_name = "lookat-tests".into();
-    for (domain, version) in [("", 17), ("com.lookat", 1)] {
+    for (domain, version) in [("", 17), (DOMAIN, OPSET_VERSION)] {
         let mut opset = OperatorSetIdProto::new();
         opset.domain = domain.into();
         opset.version = version;

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use clap::Parser;
 use lookat_calibrate::{calibrate, CalibrateOptions};
+use lookat_contract::CacheBytes;
 
 /// Learn LookatAttention codebooks from the keys the original model produces on calibration
 /// text, and write them (with metadata) into the rewritten model.
@@ -47,13 +48,16 @@ struct Cli {
     /// No progress bars or report (for scripts).
     #[arg(long)]
     quiet: bool,
-    /// libonnxruntime.so (default: ORT_DYLIB_PATH).
+    /// libonnxruntime.so (default: ORT_DYLIB_PATH, else the one in python3's onnxruntime package).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match lookat_rewrite::cli::parse::<Cli>() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let start = Instant::now();
     let opts = CalibrateOptions {
         original: cli.original,
@@ -78,13 +82,6 @@ fn main() -> ExitCode {
         }
     };
     if !cli.quiet {
-        let first = &summary.layers[0];
-        let (h, m, k, d) = (
-            first.heads,
-            first.subspaces,
-            first.centroids,
-            first.head_dim(),
-        );
         println!(
             "calibrated {} layer(s) on {} tokens (corpus sha256 {}…) in {:.1} s, seed {}",
             summary.layers.len(),
@@ -103,13 +100,22 @@ fn main() -> ExitCode {
                 e.layer, e.head, e.keys, e.mse, e.relative
             );
         }
-        let layers = summary.layers.len();
-        let key_fp32 = layers * h * d * 4;
-        let codes = layers * h * m;
-        let books = layers * h * k * d * 4;
+        let bytes: Vec<CacheBytes> = summary
+            .layers
+            .iter()
+            .map(|l| CacheBytes {
+                kv_heads: l.heads(),
+                head_dim: l.head_dim(),
+                subspaces: l.shape.subspaces,
+                centroids: l.shape.centroids,
+                value_elem_bytes: 4,
+            })
+            .collect();
+        let key_fp32: usize = bytes.iter().map(CacheBytes::float_keys).sum();
+        let codes: usize = bytes.iter().map(CacheBytes::key_codes).sum();
         println!("key cache bytes per token, all layers: fp32 {key_fp32}, codes {codes} (values unchanged)");
         for t in [256usize, 1024, 4096] {
-            let amortised = codes as f64 + books as f64 / t as f64;
+            let amortised: f64 = bytes.iter().map(|b| b.keys_amortised(t)).sum();
             println!(
                 "  with fp32 codebooks amortised over T={t}: {amortised:.1} B/token ({:.2}x smaller than fp32 keys)",
                 key_fp32 as f64 / amortised

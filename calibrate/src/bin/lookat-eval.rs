@@ -10,6 +10,8 @@ use lookat_calibrate::decode::{teacher_forced, Decoder};
 use lookat_calibrate::eval::{head_metrics, Metrics, Scheme};
 use lookat_calibrate::model::{lookat_layers, write_codebooks, LookatLayer};
 use lookat_calibrate::{learn_codebooks, progress_bar, runtime, tokenize_corpus, tokenizer};
+use lookat_contract::{CacheBytes, CodebookShape};
+use lookat_op::kernels::PreparedCodebook;
 
 /// Fidelity of LOOKAT (m = 1, 2, 4, 8, 16; K = 256) against fp16 and scalar INT8/INT4 keys on every
 /// layer and head of a model, at several lengths, plus end-to-end decoding through onnxruntime.
@@ -61,7 +63,11 @@ const SUBSPACES: [usize; 5] = [1, 2, 4, 8, 16];
 const K: usize = 256;
 
 fn main() -> ExitCode {
-    match run(&Cli::parse()) {
+    let cli = match lookat_rewrite::cli::parse::<Cli>() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lookat-eval: {e:#}");
@@ -71,7 +77,7 @@ fn main() -> ExitCode {
 }
 
 fn rewritten(original: &Path, m: usize) -> Result<onnx_protobuf::ModelProto> {
-    let mut model = lookat_rewrite::io::load(original)?;
+    let mut model = lookat_onnx::io::load(original)?;
     let opts = lookat_rewrite::Options {
         subspaces: m,
         centroids: K,
@@ -81,14 +87,13 @@ fn rewritten(original: &Path, m: usize) -> Result<onnx_protobuf::ModelProto> {
     Ok(model)
 }
 
-fn with_subspaces(layers: &[LookatLayer], m: usize) -> Vec<LookatLayer> {
+fn with_subspaces(layers: &[LookatLayer], m: usize) -> Result<Vec<LookatLayer>> {
     layers
         .iter()
-        .map(|l| LookatLayer {
-            subspaces: m,
-            centroids: K,
-            sub_dim: l.head_dim() / m,
-            ..l.clone()
+        .map(|l| {
+            let shape = CodebookShape::new(l.heads(), l.head_dim(), m, K)
+                .with_context(|| format!("{m} subspaces do not divide the head size"))?;
+            Ok(LookatLayer { shape, ..l.clone() })
         })
         .collect()
 }
@@ -102,13 +107,14 @@ fn run(cli: &Cli) -> Result<()> {
     std::fs::create_dir_all(&cli.out)?;
     let env = runtime::init(None)?;
     let base = lookat_layers(&rewritten(&cli.original, 1)?)?;
-    let (n_layers, heads, d) = (base.len(), base[0].heads, base[0].head_dim());
+    let (n_layers, heads, d) = (base.len(), base[0].heads(), base[0].head_dim());
 
     // 1. Codebooks for every m, from the same calibration keys.
     let (calib, corpus_sha) = tokenize_corpus(&cli.calib_texts, cli.calib_tokens, cli.quiet)?;
     let bar = progress_bar(cli.quiet, "forward");
     let keys = collect_keys(
         env,
+        lookat_onnx::io::load(&cli.original)?,
         &cli.original,
         &base,
         &calib,
@@ -128,10 +134,27 @@ fn run(cli: &Cli) -> Result<()> {
     let mut books = vec![];
     for m in SUBSPACES {
         let bar = progress_bar(cli.quiet, &format!("k-means m={m}"));
-        let layers = with_subspaces(&base, m);
+        let layers = with_subspaces(&base, m)?;
         books.push(pool.install(|| learn_codebooks(&layers, &keys, cli.iters, cli.seed, &bar))?);
         bar.finish_and_clear();
     }
+
+    // Every head's codebook laid out for the op's kernels: prepared[m][layer][head].
+    let prepared: Vec<Vec<Vec<PreparedCodebook>>> = SUBSPACES
+        .iter()
+        .zip(&books)
+        .map(|(&m, per_layer)| {
+            per_layer
+                .iter()
+                .map(|book| {
+                    let shape = CodebookShape::new(heads, d, m, K).expect("m divides D");
+                    (0..heads)
+                        .map(|h| PreparedCodebook::new(&book[shape.head(h)], m, K, shape.sub_dim))
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
 
     // 2. Attention-level metrics on held-out windows.
     let bpe = tokenizer::gpt2()?;
@@ -201,8 +224,7 @@ fn run(cli: &Cli) -> Result<()> {
                                 Scheme::Lookat { subspaces } => {
                                     let mi =
                                         SUBSPACES.iter().position(|x| x == subspaces).unwrap_or(0);
-                                    let per_head = K * d;
-                                    Some((&books[mi][layer][h * per_head..(h + 1) * per_head], K))
+                                    Some(&prepared[mi][layer][h])
                                 }
                                 _ => None,
                             };
@@ -234,7 +256,7 @@ fn run(cli: &Cli) -> Result<()> {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        lookat_rewrite::io::save(&model, dir, &path)?;
+        lookat_onnx::io::save(&model, dir, &path)?;
         for (domain, toks) in &domains {
             let ids = &toks[..(cli.e2e_tokens + 1).min(toks.len())];
             let mut orig = Decoder::new(runtime::session(env, &cli.original, None, cli.threads)?)?;
@@ -254,10 +276,18 @@ fn run(cli: &Cli) -> Result<()> {
 
     // 4. Report.
     let bytes = |s: &Scheme, t: f64| -> f64 {
-        let keys = (n_layers * heads) as f64 * s.key_bytes(d);
         match s {
-            Scheme::Lookat { .. } => keys + (n_layers * heads * K * d * 4) as f64 / t,
-            _ => keys,
+            Scheme::Lookat { subspaces } => {
+                let layer = CacheBytes {
+                    kv_heads: heads,
+                    head_dim: d,
+                    subspaces: *subspaces,
+                    centroids: K,
+                    value_elem_bytes: 4,
+                };
+                n_layers as f64 * layer.keys_amortised_f64(t)
+            }
+            _ => (n_layers * heads) as f64 * s.key_bytes(d),
         }
     };
     let mut md = String::new();

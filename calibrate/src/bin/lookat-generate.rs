@@ -32,7 +32,7 @@ struct Cli {
     eval_tokens: usize,
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// libonnxruntime.so (default: ORT_DYLIB_PATH).
+    /// libonnxruntime.so (default: ORT_DYLIB_PATH, else the one in python3's onnxruntime package).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
     /// The LookatAttention plugin (default: LOOKAT_OP_LIB, or next to this program).
@@ -41,7 +41,11 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    match run(&Cli::parse()) {
+    let cli = match lookat_rewrite::cli::parse::<Cli>() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lookat-generate: {e:#}");

@@ -2,7 +2,7 @@
 //! The cache Concat stays outside the node; its own past inputs are unused.
 
 use crate::block::{assemble, AttentionBlock, KeyPath, Miss};
-use crate::graph::{attr_float, attr_int, GraphIndex};
+use lookat_onnx::graph::{attr_float, attr_int, GraphIndex};
 
 pub fn match_at(g: &GraphIndex<'_>, attention: usize) -> Result<AttentionBlock, Miss> {
     let n = g.node(attention);

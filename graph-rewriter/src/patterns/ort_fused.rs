@@ -1,12 +1,12 @@
 //! onnxruntime's fused `com.microsoft.MultiHeadAttention` over `[B, S, E]` projections with a
 //! separate `[B, H, P, D]` past key/value (what ORT's transformer optimizer and hand-built graphs
-//! emit). It maps one-to-one onto LookatAttention. `com.microsoft.Attention` (fused QKV weights,
-//! stacked `[2, B, H, P, D]` past) is recognised and refused by name.
+//! emit). It maps one-to-one onto LookatAttention. (`com.microsoft.Attention` is refused by name:
+//! `patterns::UNSUPPORTED`.)
 
 use crate::block::{
     check_self_attention, fused_qkv_width, mask_input, AttentionBlock, CacheIo, Miss,
 };
-use crate::graph::{attr_float, attr_int, GraphIndex};
+use lookat_onnx::graph::{attr_float, attr_int, GraphIndex};
 
 pub fn match_multi_head_attention(g: &GraphIndex<'_>, i: usize) -> Result<AttentionBlock, Miss> {
     let n = g.node(i);
@@ -89,13 +89,4 @@ pub fn match_multi_head_attention(g: &GraphIndex<'_>, i: usize) -> Result<Attent
         heads,
         head_dim: width / heads,
     })
-}
-
-pub fn match_attention(g: &GraphIndex<'_>, i: usize) -> Result<AttentionBlock, Miss> {
-    let n = g.node(i);
-    Err(format!(
-        "com.microsoft.Attention '{}' (fused QKV weights, stacked [2,B,H,P,D] past) is not supported yet; \
-         export with optimum/torch instead, or fuse to MultiHeadAttention",
-        n.name
-    ))
 }

@@ -2,9 +2,9 @@
 //! dynamo and optimum exports.
 
 use crate::block::{assemble, AttentionBlock, Miss};
-use crate::graph::{is_op, GraphIndex};
+use lookat_onnx::graph::{is_op, GraphIndex};
 
-use super::softmax::{peel_masks, probs_times_values, scale_factor, untranspose_keys};
+use crate::scores::{peel_masks, probs_times_values, scale_factor, untranspose_keys};
 
 pub fn match_at(g: &GraphIndex<'_>, softmax: usize) -> Result<AttentionBlock, Miss> {
     let (v_present, o4) = probs_times_values(g, softmax)?;

@@ -2,9 +2,9 @@
 //! `scaled_dot_product_attention` as TorchScript, dynamo (opset 18) and optimum decompose it.
 
 use crate::block::{assemble, AttentionBlock, Miss};
-use crate::graph::{is_op, GraphIndex};
+use lookat_onnx::graph::{is_op, GraphIndex};
 
-use super::softmax::{peel_masks, probs_times_values, scale_factor, untranspose_keys};
+use crate::scores::{peel_masks, probs_times_values, scale_factor, untranspose_keys};
 
 /// `Mul(x, c)` → (x, c), either operand order.
 fn scaled_operand(g: &GraphIndex<'_>, t: &str, what: &str) -> Result<(String, Option<f64>), Miss> {

@@ -1,7 +1,7 @@
 //! A head's codebook laid out for the two dense loops of the op: `[m][d'][K]` (transposed per
 //! subspace), so that table building and key encoding run over the K centroids in the innermost
 //! loop — contiguous, no horizontal sums, vectorized by the compiler (AVX2+FMA chosen at run
-//! time), with the partial sums of a tile of centroids (and of up to four vectors) in registers.
+//! time, through the same dispatch as the other SIMD kernels), with the partial sums of a tile of centroids (and of up to four vectors) in registers.
 //!
 //! Both loops are dot products: tables are `q_j · C_j[c]`, and encoding picks the smallest
 //! `‖C_j[c]‖² − 2·x_j · C_j[c]` (the squared distance less `‖x_j‖²`, which is the same for every
@@ -52,6 +52,14 @@ impl PreparedCodebook {
         }
     }
 
+    pub fn subspaces(&self) -> usize {
+        self.subspaces
+    }
+
+    pub fn centroids(&self) -> usize {
+        self.centroids
+    }
+
     /// Lookup tables of one query: `lut[j*K + c] = scale · (q_j · C_j[c])`.
     pub fn build_lut(&self, query: &[f32], scale: f32, lut: &mut [f32]) {
         self.build_luts(1, |_| query, scale, lut)
@@ -70,28 +78,20 @@ impl PreparedCodebook {
         scale: f32,
         luts: &mut [f32],
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if super::simd::x86::available() {
-            // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-            unsafe { self.build_luts_avx2(n, query, scale, luts) };
-            return;
-        }
-        self.build_luts_portable::<PORTABLE_FUSED>(n, query, scale, luts)
+        super::simd::dispatch!(build_luts(self, n, query, scale, luts)
+            else self.build_luts_with::<PORTABLE_FUSED>(n, query, scale, luts))
     }
 
     /// Codes of `n` keys (`key(i)` is the i-th) into `codes`, `m` each.
     pub fn encode_keys<'a>(&self, n: usize, key: impl Fn(usize) -> &'a [f32], codes: &mut [u8]) {
-        #[cfg(target_arch = "x86_64")]
-        if super::simd::x86::available() {
-            // SAFETY: as above.
-            unsafe { self.encode_keys_avx2(n, key, codes) };
-            return;
-        }
-        self.encode_keys_portable::<PORTABLE_FUSED>(n, key, codes)
+        super::simd::dispatch!(encode_keys(self, n, key, codes)
+            else self.encode_keys_with::<PORTABLE_FUSED>(n, key, codes))
     }
 
+    /// [`Self::build_luts`] with or without fused multiply-adds; the SIMD entry points compile it
+    /// with their target features.
     #[inline(always)]
-    fn build_luts_portable<'a, const FUSED: bool>(
+    pub(crate) fn build_luts_with<'a, const FUSED: bool>(
         &self,
         n: usize,
         query: impl Fn(usize) -> &'a [f32],
@@ -112,8 +112,9 @@ impl PreparedCodebook {
         }
     }
 
+    /// [`Self::encode_keys`], as above.
     #[inline(always)]
-    fn encode_keys_portable<'a, const FUSED: bool>(
+    pub(crate) fn encode_keys_with<'a, const FUSED: bool>(
         &self,
         n: usize,
         key: impl Fn(usize) -> &'a [f32],
@@ -157,33 +158,6 @@ impl PreparedCodebook {
             tiled_dots::<1, TILE, FUSED>([scaled], rows, init, k, sums);
         }
         sums
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn build_luts_avx2<'a>(
-        &self,
-        n: usize,
-        query: impl Fn(usize) -> &'a [f32],
-        scale: f32,
-        luts: &mut [f32],
-    ) {
-        self.build_luts_portable::<true>(n, query, scale, luts)
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn encode_keys_avx2<'a>(
-        &self,
-        n: usize,
-        key: impl Fn(usize) -> &'a [f32],
-        codes: &mut [u8],
-    ) {
-        self.encode_keys_portable::<true>(n, key, codes)
     }
 }
 

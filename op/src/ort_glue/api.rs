@@ -117,27 +117,27 @@ impl Api {
     /// `value` must be a valid tensor `OrtValue`.
     pub unsafe fn tensor_info(&self, value: *const OrtValue) -> Result<TensorInfo, String> {
         let mut info: *mut OrtTensorTypeAndShapeInfo = std::ptr::null_mut();
-        // SAFETY: value is valid (caller); info receives a new object we release below.
         self.check(
+            // SAFETY: value is valid (caller); info receives a new object we release below.
             unsafe { (self.0.GetTensorTypeAndShape)(value, &mut info) },
             "GetTensorTypeAndShape",
         )?;
         let result = (|| {
             let mut elem = ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-            // SAFETY: info is valid until released.
             self.check(
+                // SAFETY: info is valid until released.
                 unsafe { (self.0.GetTensorElementType)(info, &mut elem) },
                 "GetTensorElementType",
             )?;
             let mut rank = 0usize;
-            // SAFETY: as above.
             self.check(
+                // SAFETY: as above.
                 unsafe { (self.0.GetDimensionsCount)(info, &mut rank) },
                 "GetDimensionsCount",
             )?;
             let mut shape = vec![0i64; rank];
-            // SAFETY: shape has room for rank dimensions.
             self.check(
+                // SAFETY: shape has room for rank dimensions.
                 unsafe { (self.0.GetDimensions)(info, shape.as_mut_ptr(), rank) },
                 "GetDimensions",
             )?;
@@ -161,8 +161,8 @@ impl Api {
             return Ok(NonNull::<T>::dangling().as_ptr());
         }
         let mut data: *mut c_void = std::ptr::null_mut();
-        // SAFETY: GetTensorMutableData only reads the value header; we never write inputs.
         self.check(
+            // SAFETY: GetTensorMutableData only reads the value header; we never write inputs.
             unsafe { (self.0.GetTensorMutableData)(value as *mut OrtValue, &mut data) },
             "GetTensorMutableData",
         )?;
@@ -182,8 +182,8 @@ impl Api {
         index: usize,
     ) -> Result<Option<*const OrtValue>, String> {
         let mut count = 0usize;
-        // SAFETY: ctx is valid (caller).
         self.check(
+            // SAFETY: ctx is valid (caller).
             unsafe { (self.0.KernelContext_GetInputCount)(ctx, &mut count) },
             "KernelContext_GetInputCount",
         )?;
@@ -191,8 +191,8 @@ impl Api {
             return Ok(None);
         }
         let mut value: *const OrtValue = std::ptr::null();
-        // SAFETY: ctx is valid and index < count.
         self.check(
+            // SAFETY: ctx is valid and index < count.
             unsafe { (self.0.KernelContext_GetInput)(ctx, index, &mut value) },
             "KernelContext_GetInput",
         )?;

@@ -9,11 +9,11 @@ use half::f16;
 use ort_sys::{ONNXTensorElementDataType, OrtKernelContext, OrtKernelInfo, OrtStatus, OrtValue};
 
 use super::api::{elem_name, Api, TensorInfo};
-use super::op::{input, output};
 use crate::kernels::{
     lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs, Geometry, LookatError,
     ParallelFor, PreparedCodebooks, ShapeInputs, ValueElem,
 };
+use lookat_contract::{attr, input, output, CodebookShape};
 
 use ONNXTensorElementDataType::{
     ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT as FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 as INT64,
@@ -65,12 +65,16 @@ impl LookatKernel {
         let name = unsafe { node_name(api, info) };
         let node = format!("LookatAttention node '{name}'");
 
-        let attr = |key: &str| CString::new(key).unwrap_or_default();
+        let c_name = |key: &str| CString::new(key).unwrap_or_default();
         let mut num_heads = 0i64;
-        // SAFETY: info is valid; the name is a C string.
         api.check(
+            // SAFETY: info is valid; the name is a C string.
             unsafe {
-                (raw.KernelInfoGetAttribute_int64)(info, attr("num_heads").as_ptr(), &mut num_heads)
+                (raw.KernelInfoGetAttribute_int64)(
+                    info,
+                    c_name(attr::NUM_HEADS).as_ptr(),
+                    &mut num_heads,
+                )
             },
             "",
         )
@@ -84,7 +88,7 @@ impl LookatKernel {
         // SAFETY: as above.
         let scale = api
             .is_ok(unsafe {
-                (raw.KernelInfoGetAttribute_float)(info, attr("scale").as_ptr(), &mut scale)
+                (raw.KernelInfoGetAttribute_float)(info, c_name(attr::SCALE).as_ptr(), &mut scale)
             })
             .then_some(scale);
         if let Some(s) = scale {
@@ -99,7 +103,7 @@ impl LookatKernel {
         let _ = api.is_ok(unsafe {
             (raw.KernelInfoGetAttribute_int64)(
                 info,
-                attr("exact_current").as_ptr(),
+                c_name(attr::EXACT_CURRENT).as_ptr(),
                 &mut exact_current,
             )
         });
@@ -141,44 +145,57 @@ impl LookatKernel {
         Ok(kernel)
     }
 
-    /// Shape, head count and finiteness of the codebooks (non-finite codebooks are what an
-    /// uncalibrated rewritten model carries, so the message says what to do); then their layout
-    /// for the kernels.
+    /// Shape, head count and finiteness of the codebooks (NaN codebooks are what an uncalibrated
+    /// rewritten model carries, so the message says what to do); then their layout for the
+    /// kernels.
     unsafe fn check_codebooks(&self, value: *const OrtValue) -> Result<PreparedCodebooks, String> {
         // SAFETY: value is a valid tensor (caller).
         let info = unsafe { self.api.tensor_info(value) }?;
-        expect_type("codebooks", &info, FLOAT)?;
-        if info.shape.len() != 4 {
-            return Err(format!(
+        expect_type(input::name(input::CODEBOOKS), &info, FLOAT)?;
+        let shape = CodebookShape::from_dims(&info.shape).ok_or_else(|| {
+            format!(
                 "input 'codebooks' must have rank 4 [num_heads, subspaces, centroids, head_dim/subspaces], got shape {:?}",
                 info.shape
-            ));
-        }
-        if info.shape[0] != self.num_heads {
+            )
+        })?;
+        if shape.heads as i64 != self.num_heads {
             return Err(format!(
                 "input 'codebooks' has {} heads (shape {:?}), the node has num_heads={}",
-                info.shape[0], info.shape, self.num_heads
+                shape.heads, info.shape, self.num_heads
             ));
         }
-        if !(1..=256).contains(&info.shape[2]) {
+        if !(1..=lookat_contract::MAX_CENTROIDS).contains(&shape.centroids) {
             return Err(format!(
-                "input 'codebooks' has {} centroids per subspace (shape {:?}); 1 to 256 allowed",
-                info.shape[2], info.shape
+                "input 'codebooks' has {} centroids per subspace (shape {:?}); 1 to {} allowed",
+                shape.centroids,
+                info.shape,
+                lookat_contract::MAX_CENTROIDS
             ));
         }
         let count = info.count();
         // SAFETY: a float tensor of `count` elements.
         let data = unsafe { slice::<f32>(self.api.tensor_data(value, count)?, count) };
         if let Some(pos) = data.iter().position(|x| !x.is_finite()) {
-            return Err(format!(
-                "input 'codebooks' holds a non-finite value ({}) at flat index {pos}: a model rewritten \
-                 by lookat-rewrite carries NaN codebooks until lookat-calibrate fills them; calibrate it",
-                data[pos]
-            ));
+            let [h, j, c, i] = shape.position(pos);
+            let at = format!("[head {h}, subspace {j}, centroid {c}, dimension {i}]");
+            return Err(if data[pos].is_nan() {
+                format!(
+                    "input 'codebooks' holds NaN at {at}: a model rewritten by lookat-rewrite carries \
+                     NaN codebooks until lookat-calibrate fills them; calibrate it"
+                )
+            } else {
+                format!(
+                    "input 'codebooks' holds an infinite value ({}) at {at}: codebooks must be finite",
+                    data[pos]
+                )
+            });
         }
-        let dims: Vec<usize> = info.shape.iter().map(|&n| n as usize).collect();
         Ok(PreparedCodebooks::new(
-            data, dims[0], dims[1], dims[2], dims[3],
+            data,
+            shape.heads,
+            shape.subspaces,
+            shape.centroids,
+            shape.sub_dim,
         ))
     }
 
@@ -216,8 +233,8 @@ impl LookatKernel {
             ));
         }
         let mut outputs = 0usize;
-        // SAFETY: as above.
         api.check(
+            // SAFETY: as above.
             unsafe { (api.raw().KernelContext_GetOutputCount)(ctx, &mut outputs) },
             "KernelContext_GetOutputCount",
         )
@@ -232,7 +249,7 @@ impl LookatKernel {
             // SAFETY: ctx is valid for this call.
             let v = unsafe { api.input(ctx, i) }
                 .map_err(internal)?
-                .ok_or_else(|| invalid(format!("input '{}' is required", input::NAMES[i])))?;
+                .ok_or_else(|| invalid(format!("input '{}' is required", input::name(i))))?;
             // SAFETY: v is a valid input value.
             let info = unsafe { api.tensor_info(v) }.map_err(internal)?;
             Ok((v, info))
@@ -313,8 +330,8 @@ impl LookatKernel {
         ];
         let mut out_values = [std::ptr::null_mut::<OrtValue>(); 3];
         for (i, shape) in out_shapes.iter().enumerate() {
-            // SAFETY: ctx is valid; ORT allocates the output with this shape.
             api.check(
+                // SAFETY: ctx is valid; ORT allocates the output with this shape.
                 unsafe {
                     (api.raw().KernelContext_GetOutput)(
                         ctx,
@@ -459,7 +476,8 @@ unsafe fn output_slice<'a, T>(
     shape: &[i64],
 ) -> Result<&'a mut [T], LookatError> {
     let n: usize = shape.iter().map(|&d| d as usize).product();
-    let ptr = api.tensor_data::<T>(v, n).map_err(LookatError::Internal)?;
+    // SAFETY: v is a valid output tensor of element type T (caller).
+    let ptr = unsafe { api.tensor_data::<T>(v, n) }.map_err(LookatError::Internal)?;
     // SAFETY: guaranteed by the caller.
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, n) })
 }

@@ -20,9 +20,6 @@ use ort_sys::{OrtApiBase, OrtSessionOptions, OrtStatus};
 
 use api::Api;
 
-/// Lowest ORT C API version the op needs (`KernelContext_ParallelFor` appeared in 1.17).
-pub(crate) const MIN_API_VERSION: u32 = 17;
-
 /// Entry point called by `RegisterCustomOpsLibrary` / `register_custom_ops_library`.
 ///
 /// # Safety
@@ -36,7 +33,7 @@ pub unsafe extern "C" fn RegisterCustomOps(
         return std::ptr::null_mut(); // nothing to report through: ORT never does this
     }
     // SAFETY: api_base is ORT's valid base table.
-    let api = match unsafe { Api::from_base(api_base, MIN_API_VERSION) } {
+    let api = match unsafe { Api::from_base(api_base, lookat_contract::MIN_ORT_API_VERSION) } {
         Ok(api) => api,
         Err(status) => return status,
     };

@@ -3,7 +3,7 @@
 //! ORT merges ops of one name into one schema and picks the kernel whose input types match the
 //! node, so float32 and float16 value caches are two tables that differ only in that type.
 
-use std::ffi::{c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::OnceLock;
 
@@ -13,47 +13,15 @@ use ort_sys::{
     OrtSessionOptions, OrtStatusPtr,
 };
 
+use lookat_contract::{input, output};
+
 use super::api::Api;
 use super::kernel::LookatKernel;
-use super::MIN_API_VERSION;
 
 use ONNXTensorElementDataType::{
     ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT as FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 as FLOAT16,
     ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 as INT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 as UINT8,
 };
-
-/// Input order of the node (see docs/op-spec.md).
-pub(crate) mod input {
-    pub const QUERY: usize = 0;
-    pub const KEY: usize = 1;
-    pub const VALUE: usize = 2;
-    pub const PAST_KEY_CODES: usize = 3;
-    pub const PAST_VALUE: usize = 4;
-    pub const ATTENTION_MASK: usize = 5;
-    pub const CODEBOOKS: usize = 6;
-    /// Reserved for a full-precision window of recent keys; must be absent in opset 1.
-    pub const PAST_KEY_WINDOW: usize = 7;
-    pub const COUNT: usize = 8;
-    pub const NAMES: [&str; COUNT] = [
-        "query",
-        "key",
-        "value",
-        "past_key_codes",
-        "past_value",
-        "attention_mask",
-        "codebooks",
-        "past_key_window",
-    ];
-}
-
-/// Output order of the node.
-pub(crate) mod output {
-    pub const PRESENT_KEY_CODES: usize = 1;
-    pub const PRESENT_VALUE: usize = 2;
-    /// Reserved, pairs with `input::PAST_KEY_WINDOW`; must not be requested in opset 1.
-    pub const PRESENT_KEY_WINDOW: usize = 3;
-    pub const COUNT: usize = 4;
-}
 
 /// An `OrtCustomOp` followed by what our callbacks need to know about it. ORT hands the callbacks
 /// a pointer to the first field, which `#[repr(C)]` makes a pointer to the whole.
@@ -68,21 +36,36 @@ unsafe impl Sync for LookatOp {}
 // SAFETY: as above.
 unsafe impl Send for LookatOp {}
 
-const OP_NAME: &[u8] = b"LookatAttention\0";
-const PROVIDER: &[u8] = b"CPUExecutionProvider\0";
-const DOMAIN: &[u8] = b"com.lookat\0";
+const PROVIDER: &CStr = c"CPUExecutionProvider";
 
-fn this(op: *const OrtCustomOp) -> &'static LookatOp {
-    // SAFETY: ORT only calls back with the pointers we registered, which point at a LookatOp in
-    // a never-freed static.
+/// The contract's names as C strings, made once and never freed (ORT keeps the pointers).
+struct CNames {
+    op: CString,
+    domain: CString,
+}
+
+fn c_names() -> &'static CNames {
+    static NAMES: OnceLock<CNames> = OnceLock::new();
+    NAMES.get_or_init(|| CNames {
+        op: CString::new(lookat_contract::OP_NAME).unwrap_or_default(),
+        domain: CString::new(lookat_contract::DOMAIN).unwrap_or_default(),
+    })
+}
+
+/// The [`LookatOp`] that `op` is the first field of.
+///
+/// # Safety
+/// `op` must be one of the pointers [`register`] handed to ORT (ORT calls back only with those).
+unsafe fn this(op: *const OrtCustomOp) -> &'static LookatOp {
+    // SAFETY: guaranteed by the caller: `op` points at a LookatOp in a never-freed static.
     unsafe { &*(op as *const LookatOp) }
 }
 
 unsafe extern "system" fn get_name(_: *const OrtCustomOp) -> *const c_char {
-    OP_NAME.as_ptr().cast()
+    c_names().op.as_ptr()
 }
 unsafe extern "system" fn get_provider(_: *const OrtCustomOp) -> *const c_char {
-    PROVIDER.as_ptr().cast()
+    PROVIDER.as_ptr()
 }
 unsafe extern "system" fn input_count(_: *const OrtCustomOp) -> usize {
     input::COUNT
@@ -96,7 +79,8 @@ unsafe extern "system" fn input_type(
 ) -> ONNXTensorElementDataType {
     match i {
         input::PAST_KEY_CODES => UINT8,
-        input::PAST_VALUE => this(op).value_type,
+        // SAFETY: ORT calls back with the op pointer we registered.
+        input::PAST_VALUE => unsafe { this(op) }.value_type,
         input::ATTENTION_MASK => INT64,
         _ => FLOAT,
     }
@@ -107,7 +91,8 @@ unsafe extern "system" fn output_type(
 ) -> ONNXTensorElementDataType {
     match i {
         output::PRESENT_KEY_CODES => UINT8,
-        output::PRESENT_VALUE => this(op).value_type,
+        // SAFETY: as above.
+        output::PRESENT_VALUE => unsafe { this(op) }.value_type,
         _ => FLOAT,
     }
 }
@@ -143,10 +128,10 @@ unsafe extern "system" fn variadic_homogeneity(_: *const OrtCustomOp) -> c_int {
     1
 }
 unsafe extern "system" fn start_version(_: *const OrtCustomOp) -> c_int {
-    crate::OPSET_VERSION as c_int
+    lookat_contract::OPSET_VERSION as c_int
 }
 unsafe extern "system" fn end_version(_: *const OrtCustomOp) -> c_int {
-    crate::OPSET_VERSION as c_int
+    lookat_contract::OPSET_VERSION as c_int
 }
 
 unsafe extern "system" fn create_kernel(
@@ -159,7 +144,8 @@ unsafe extern "system" fn create_kernel(
     let Some(api) = (unsafe { api.as_ref() }).map(Api::from_table) else {
         return OrtStatusPtr(std::ptr::null_mut()); // unreachable: ORT always passes its table
     };
-    let value_type = this(op).value_type;
+    // SAFETY: ORT calls back with the op pointer we registered.
+    let value_type = unsafe { this(op) }.value_type;
     let created = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: info is valid during this call.
         unsafe { LookatKernel::create(api, info, value_type) }
@@ -196,7 +182,7 @@ fn make_op(value_type: ONNXTensorElementDataType) -> LookatOp {
     // (0 and None). Fields that exist only in newer API versions (GetMayInplace & co.) stay None:
     // ORT reads them only from ops that declare that newer version.
     let mut base: OrtCustomOp = unsafe { std::mem::zeroed() };
-    base.version = MIN_API_VERSION;
+    base.version = lookat_contract::MIN_ORT_API_VERSION;
     // The V1 CreateKernel/KernelCompute stay None on purpose: ORT uses the V2 pair (which can
     // return a status) only when the V1 KernelCompute is null, in several of its versions.
     base.CreateKernelV2 = Some(create_kernel);
@@ -231,15 +217,15 @@ pub(crate) unsafe fn register(api: Api, options: *mut OrtSessionOptions) -> Resu
     let ops = OPS.get_or_init(|| [make_op(FLOAT), make_op(FLOAT16)]);
     let raw = api.raw();
     let mut domain: *mut OrtCustomOpDomain = std::ptr::null_mut();
-    // SAFETY: DOMAIN is a C string; ORT copies it. The domain object is handed to ORT below and
-    // must outlive the sessions that use it, so it is deliberately never released.
     api.check(
-        unsafe { (raw.CreateCustomOpDomain)(DOMAIN.as_ptr().cast(), &mut domain) },
+        // SAFETY: the domain name is a C string; ORT copies it. The domain object is handed to ORT below and
+        // must outlive the sessions that use it, so it is deliberately never released.
+        unsafe { (raw.CreateCustomOpDomain)(c_names().domain.as_ptr(), &mut domain) },
         "CreateCustomOpDomain",
     )?;
     for op in ops {
-        // SAFETY: the op lives in a static that is never dropped.
         api.check(
+            // SAFETY: the op lives in a static that is never dropped.
             unsafe { (raw.CustomOpDomain_Add)(domain, &op.base) },
             "CustomOpDomain_Add",
         )?;

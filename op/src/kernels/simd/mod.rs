@@ -1,62 +1,160 @@
-//! The two inner loops of the op behind one entry each, with a run-time choice of
-//! implementation: AVX2+FMA+F16C on x86_64 when the CPU has them, NEON on aarch64, scalar
-//! otherwise (or when `LOOKAT_FORCE_SCALAR` is set). The scalar versions are the reference the
-//! SIMD ones are tested against.
+//! The op's vector kernels behind one dispatch. The algorithms are written once, over a few
+//! vector operations ([`lanes::Lanes`]), and compiled per architecture with its target features:
+//! AVX2+FMA+F16C on x86_64 when the CPU has them, NEON on aarch64. [`scalar`] holds the portable
+//! versions: what runs elsewhere (or with `LOOKAT_FORCE_SCALAR`), and the reference the SIMD
+//! paths are tested against.
 //!
-//! Both entries work on a whole block of tokens, so the dispatch is paid once per block.
+//! Every entry works on a whole block of tokens (or vectors), so the dispatch is paid once per
+//! block.
 
 #[cfg(target_arch = "aarch64")]
 pub mod arm;
+pub(crate) mod lanes;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
 use half::f16;
 
-/// Whether the SIMD paths are used on this CPU.
-pub fn simd_level() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    if x86::available() {
-        return "avx2+fma+f16c";
-    }
-    #[cfg(target_arch = "aarch64")]
-    if arm::available() {
-        return "neon";
-    }
-    "scalar"
+/// The code path this CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Scalar,
+    /// x86_64 with AVX2, FMA and F16C.
+    Avx2,
+    /// aarch64 (NEON is part of the base architecture).
+    Neon,
 }
+
+/// The level chosen once per process: the best the CPU has, or [`Level::Scalar`] when
+/// `LOOKAT_FORCE_SCALAR` is set.
+pub fn level() -> Level {
+    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        if std::env::var_os("LOOKAT_FORCE_SCALAR").is_some() {
+            return Level::Scalar;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            return Level::Avx2;
+        }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            return Level::Neon;
+        }
+        Level::Scalar
+    })
+}
+
+/// The chosen level's name, for reports.
+pub fn simd_level() -> &'static str {
+    match level() {
+        Level::Scalar => "scalar",
+        Level::Avx2 => "avx2+fma+f16c",
+        Level::Neon => "neon",
+    }
+}
+
+/// Calls entry point `$f` of the architecture module the CPU's [`level`] selects (see
+/// [`entry_points!`]), or evaluates `$scalar` on the portable path.
+macro_rules! dispatch {
+    ($f:ident($($arg:expr),* $(,)?) else $scalar:expr) => {{
+        match $crate::kernels::simd::level() {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: level() returns Avx2 only when the CPU has AVX2, FMA and F16C.
+            $crate::kernels::simd::Level::Avx2 => unsafe { $crate::kernels::simd::x86::$f($($arg),*) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: level() returns Neon only when the CPU has NEON.
+            $crate::kernels::simd::Level::Neon => unsafe { $crate::kernels::simd::arm::$f($($arg),*) },
+            _ => $scalar,
+        }
+    }};
+}
+pub(crate) use dispatch;
+
+/// The entry points of one architecture: each compiles a [`lanes`] algorithm (or the codebook
+/// loops, with fused multiply-adds) with that architecture's target features. Expanded once in
+/// `x86.rs` and once in `arm.rs`.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+macro_rules! entry_points {
+    ($features:literal, $lanes:ty) => {
+        /// # Safety
+        /// The CPU must have this module's target features.
+        #[target_feature(enable = $features)]
+        pub unsafe fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
+            // SAFETY: compiled with the features; the caller checked the CPU.
+            unsafe { $crate::kernels::simd::lanes::exp_shifted::<$lanes>(x, shift) }
+        }
+
+        /// # Safety
+        /// As above.
+        #[target_feature(enable = $features)]
+        pub unsafe fn max(x: &[f32]) -> f32 {
+            // SAFETY: as above.
+            unsafe { $crate::kernels::simd::lanes::max::<$lanes>(x) }
+        }
+
+        /// # Safety
+        /// As above.
+        #[target_feature(enable = $features)]
+        pub unsafe fn accumulate_rows<V: $crate::kernels::simd::lanes::Row<$lanes>>(
+            acc: &mut [f32],
+            probs: &[f32],
+            rows: &[V],
+            copy_to: Option<&mut [V]>,
+            stream: bool,
+        ) {
+            // SAFETY: as above.
+            unsafe {
+                $crate::kernels::simd::lanes::accumulate_rows::<$lanes, V>(
+                    acc, probs, rows, copy_to, stream,
+                )
+            }
+        }
+
+        /// # Safety
+        /// As above.
+        #[target_feature(enable = $features)]
+        pub unsafe fn build_luts<'a>(
+            book: &$crate::kernels::codebook::PreparedCodebook,
+            n: usize,
+            query: impl Fn(usize) -> &'a [f32],
+            scale: f32,
+            luts: &mut [f32],
+        ) {
+            book.build_luts_with::<true>(n, query, scale, luts)
+        }
+
+        /// # Safety
+        /// As above.
+        #[target_feature(enable = $features)]
+        pub unsafe fn encode_keys<'a>(
+            book: &$crate::kernels::codebook::PreparedCodebook,
+            n: usize,
+            key: impl Fn(usize) -> &'a [f32],
+            codes: &mut [u8],
+        ) {
+            book.encode_keys_with::<true>(n, key, codes)
+        }
+    };
+}
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+pub(crate) use entry_points;
 
 /// `x[i] = exp(x[i] - shift)`; `-inf` (a masked token) gives exactly 0. Returns the sum of the
 /// results (summed in lanes on the SIMD paths).
 #[inline]
 pub fn exp_shifted(x: &mut [f32], shift: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if x86::available() {
-        // SAFETY: the CPU supports AVX2 and FMA (checked at run time).
-        return unsafe { x86::exp_shifted(x, shift) };
-    }
-    #[cfg(target_arch = "aarch64")]
-    if arm::available() {
-        // SAFETY: the CPU supports NEON (checked at run time).
-        return unsafe { arm::exp_shifted(x, shift) };
-    }
-    scalar::exp_shifted(x, shift)
+    dispatch!(exp_shifted(x, shift) else scalar::exp_shifted(x, shift))
 }
 
 /// The largest value of `x`, NaN ignored; `-inf` when there is none.
 #[inline]
 pub fn max(x: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if x86::available() {
-        // SAFETY: the CPU supports AVX2 (checked at run time).
-        return unsafe { x86::max(x) };
-    }
-    #[cfg(target_arch = "aarch64")]
-    if arm::available() {
-        // SAFETY: the CPU supports NEON (checked at run time).
-        return unsafe { arm::max(x) };
-    }
-    scalar::max(x)
+    dispatch!(max(x) else scalar::max(x))
 }
 
 /// `acc[c] += Σ_t probs[t] · rows[t·D + c]` with `D = acc.len()`; rows with probability exactly
@@ -71,20 +169,8 @@ pub fn accumulate_rows_f32(
     copy_to: Option<&mut [f32]>,
     stream: bool,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if x86::available() {
-        // SAFETY: the CPU supports AVX2, FMA and F16C (checked at run time).
-        unsafe { x86::accumulate_rows_f32(acc, probs, rows, copy_to, stream) };
-        return;
-    }
-    #[cfg(target_arch = "aarch64")]
-    if arm::available() {
-        // SAFETY: the CPU supports NEON (checked at run time).
-        unsafe { arm::accumulate_rows_f32(acc, probs, rows, copy_to) };
-        return;
-    }
-    let _ = stream;
-    scalar::accumulate_rows_f32(acc, probs, rows, copy_to)
+    dispatch!(accumulate_rows(acc, probs, rows, copy_to, stream)
+        else scalar::accumulate_rows_f32(acc, probs, rows, copy_to))
 }
 
 /// [`accumulate_rows_f32`] for float16 value rows.
@@ -96,50 +182,8 @@ pub fn accumulate_rows_f16(
     copy_to: Option<&mut [f16]>,
     stream: bool,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if x86::available() {
-        // SAFETY: as above.
-        unsafe { x86::accumulate_rows_f16(acc, probs, rows, copy_to, stream) };
-        return;
-    }
-    #[cfg(target_arch = "aarch64")]
-    if arm::available() {
-        // SAFETY: as above.
-        unsafe { arm::accumulate_rows_f16(acc, probs, rows, copy_to) };
-        return;
-    }
-    let _ = stream;
-    scalar::accumulate_rows_f16(acc, probs, rows, copy_to)
-}
-
-/// Splits `d` columns into strips of 64, 32, 16 and 8 (8, 4, 2 and 1 eight-column groups, the
-/// widths the SIMD strips are compiled for) and calls `strip(first column, groups)` for each;
-/// returns the first column left to the scalar tail.
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-#[inline(always)]
-fn for_each_strip(d: usize, mut strip: impl FnMut(usize, usize)) -> usize {
-    let mut c = 0;
-    while d - c >= 64 {
-        strip(c, 8);
-        c += 64;
-    }
-    for groups in [4, 2, 1] {
-        if d - c >= 8 * groups {
-            strip(c, groups);
-            c += 8 * groups;
-        }
-    }
-    c
-}
-
-/// `ptr + by`, or null when `ptr` is (no copy destination).
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-fn offset<V>(ptr: *mut V, by: usize) -> *mut V {
-    if ptr.is_null() {
-        ptr
-    } else {
-        ptr.wrapping_add(by)
-    }
+    dispatch!(accumulate_rows(acc, probs, rows, copy_to, stream)
+        else scalar::accumulate_rows_f16(acc, probs, rows, copy_to))
 }
 
 /// `acc *= c`.

@@ -1,7 +1,8 @@
-//! Pieces shared by the two Softmax-anchored patterns.
+//! The scores → softmax → values path that the two Softmax-anchored patterns share: from the
+//! Softmax to `MatMul(probs, V)`, the masks on the scores, Kᵀ back to K, the scale factor.
 
 use crate::block::{KeyPath, Miss};
-use crate::graph::{attr_int, attr_ints, is_op, GraphIndex};
+use lookat_onnx::graph::{attr_int, attr_ints, is_op, GraphIndex};
 
 /// From the Softmax to `MatMul(probs, V)`, through an optional Cast and the SDPA NaN guard
 /// `Where(IsNaN(p), 0, p)`. Returns (V tensor, MatMul output).

@@ -48,6 +48,33 @@ pub fn check_distinct(input: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Fails early, naming the path, when `output` could not be written: its directory is missing or
+/// read-only, or it is a directory. Tools call this before long work, not after it.
+pub fn check_writable(output: &Path) -> Result<()> {
+    if output.is_dir() {
+        bail!("output '{}' is a directory", output.display());
+    }
+    let abs = absolute(output)?;
+    let dir = abs.parent().context("output has no directory")?;
+    let probe = dir.join(format!(".lookat-write-check-{}", std::process::id()));
+    fs::File::create(&probe).with_context(|| {
+        format!(
+            "cannot write the output '{}': directory '{}' is not writable",
+            output.display(),
+            dir.display()
+        )
+    })?;
+    let _ = fs::remove_file(&probe);
+    Ok(())
+}
+
+/// The directory a model's relative external-data locations are resolved against.
+pub fn model_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// External-data locations the model refers to (relative to its directory).
 fn external_locations(model: &ModelProto) -> Vec<String> {
     let mut locs: Vec<String> = model

@@ -5,14 +5,9 @@ use std::path::{Path, PathBuf};
 
 use lookat_calibrate::decode::Decoder;
 use lookat_calibrate::{calibrate, runtime, CalibrateOptions};
+use lookat_contract::{metadata, naming};
+use lookat_tests::{ort_library, plugin_library, repo_root as root};
 use sha2::{Digest, Sha256};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn require(path: PathBuf, what: &str) -> PathBuf {
     assert!(
@@ -23,24 +18,11 @@ fn require(path: PathBuf, what: &str) -> PathBuf {
     path
 }
 
-fn ort_lib() -> PathBuf {
-    require(
-        std::env::var_os("ORT_DYLIB_PATH")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                root().join(
-                    ".venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1",
-                )
-            }),
-        "ONNX Runtime library",
-    )
-}
-
 const FIXTURE: &str = "models/fixtures/trained/dyn18-eager-kv.onnx";
 
 fn rewritten(dir: &Path) -> PathBuf {
     let original = require(root().join(FIXTURE), "fixture");
-    let mut model = lookat_rewrite::io::load(&original).unwrap();
+    let mut model = lookat_onnx::io::load(&original).unwrap();
     let opts = lookat_rewrite::Options {
         subspaces: 4,
         centroids: 64,
@@ -48,7 +30,7 @@ fn rewritten(dir: &Path) -> PathBuf {
     };
     lookat_rewrite::rewrite(&mut model, &opts).unwrap();
     let out = dir.join("rewritten.onnx");
-    lookat_rewrite::io::save(&model, original.parent().unwrap(), &out).unwrap();
+    lookat_onnx::io::save(&model, original.parent().unwrap(), &out).unwrap();
     out
 }
 
@@ -73,19 +55,19 @@ fn options(rewritten: &Path, output: PathBuf, threads: usize) -> CalibrateOption
         reservoir: 1500,
         threads,
         quiet: true,
-        ort_lib: Some(ort_lib()),
+        ort_lib: Some(ort_library()),
     }
 }
 
 fn codebook_bytes(path: &Path) -> Vec<Vec<u8>> {
-    let model = lookat_rewrite::io::load(path).unwrap();
+    let model = lookat_onnx::io::load(path).unwrap();
     model
         .graph
         .as_ref()
         .unwrap()
         .initializer
         .iter()
-        .filter(|t| t.name.starts_with("lookat.codebooks."))
+        .filter(|t| t.name.starts_with(naming::CODEBOOKS_PREFIX))
         .map(|t| t.raw_data.clone())
         .collect()
 }
@@ -118,7 +100,7 @@ fn calibration_is_deterministic_records_metadata_and_runs() {
     assert_ne!(codebook_bytes(&other), a);
 
     // Metadata, checked against values computed here.
-    let model = lookat_rewrite::io::load(&one).unwrap();
+    let model = lookat_onnx::io::load(&one).unwrap();
     let meta: std::collections::HashMap<_, _> = model
         .metadata_props
         .iter()
@@ -129,12 +111,12 @@ fn calibration_is_deterministic_records_metadata_and_runs() {
         hash.update(std::fs::read(root().join(format!("models/text/calib/{d}.txt"))).unwrap());
     }
     let sha: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(meta["lookat.subspaces"], "4");
-    assert_eq!(meta["lookat.centroids"], "64");
-    assert_eq!(meta["lookat.seed"], "7");
-    assert_eq!(meta["lookat.tokens"], "2944"); // 3000 tokens in windows of 128
-    assert_eq!(meta["lookat.corpus_sha256"], sha);
-    assert!(meta["lookat.tool_version"].starts_with("lookat-calibrate "));
+    assert_eq!(meta[metadata::SUBSPACES], "4");
+    assert_eq!(meta[metadata::CENTROIDS], "64");
+    assert_eq!(meta[metadata::SEED], "7");
+    assert_eq!(meta[metadata::TOKENS], "2944"); // 3000 tokens in windows of 128
+    assert_eq!(meta[metadata::CORPUS_SHA256], sha);
+    assert!(meta[metadata::TOOL_VERSION].starts_with("lookat-calibrate "));
     assert_eq!(s1.errors.len(), 8);
     assert!(s1
         .errors
@@ -142,13 +124,8 @@ fn calibration_is_deterministic_records_metadata_and_runs() {
         .all(|e| e.relative > 0.0 && e.relative < 1.0 && e.keys == 1500));
 
     // The calibrated model runs in ONNX Runtime with the plugin.
-    let env = runtime::init(Some(&ort_lib())).unwrap();
-    let plugin = require(
-        std::env::var_os("LOOKAT_OP_LIB")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root().join("target/release/liblookat_op.so")),
-        "plugin",
-    );
+    let env = runtime::init(Some(&ort_library())).unwrap();
+    let plugin = plugin_library();
     let mut dec = Decoder::new(runtime::session(env, &one, Some(&plugin), 1).unwrap()).unwrap();
     let logits = dec.step(&[464, 11361, 28846]).unwrap();
     assert_eq!(logits.len(), 3);

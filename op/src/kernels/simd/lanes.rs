@@ -1,0 +1,238 @@
+//! The block kernels written once, over [`Lanes`]: a few vector operations that each architecture
+//! implements with its own registers (`x86::Avx2`, `arm::Neon`). Every function here is
+//! `#[inline(always)]` and is only reached through an architecture's entry points, which are
+//! compiled with that architecture's target features (see `entry_points!` in `simd/mod.rs`).
+//!
+//! Each algorithm applies the same operations in the same order on every architecture, so a
+//! result differs between them only where an instruction itself does (e.g. how `max` treats NaN,
+//! which each implementation documents).
+
+use super::scalar;
+
+/// One vector of `N` float32 lanes and the operations the kernels use.
+///
+/// # Safety
+/// Implementations use intrinsics of their target features: every method may only be called
+/// from code compiled with those features on a CPU that has them.
+pub unsafe trait Lanes {
+    const N: usize;
+    /// Vectors held in registers by the widest value-accumulation strip.
+    const MAX_STRIP: usize;
+    type F: Copy;
+
+    unsafe fn splat(x: f32) -> Self::F;
+    /// `N` floats from `p` (unaligned).
+    unsafe fn load(p: *const f32) -> Self::F;
+    unsafe fn store(p: *mut f32, v: Self::F);
+    unsafe fn add(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn sub(a: Self::F, b: Self::F) -> Self::F;
+    unsafe fn mul(a: Self::F, b: Self::F) -> Self::F;
+    /// `a·b + c`, fused.
+    unsafe fn mul_add(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    /// `c − a·b`, fused.
+    unsafe fn neg_mul_add(a: Self::F, b: Self::F, c: Self::F) -> Self::F;
+    unsafe fn min(a: Self::F, b: Self::F) -> Self::F;
+    /// The larger lane; where `a` is NaN the result is `b` (NaN ignored in `a`).
+    unsafe fn max(a: Self::F, b: Self::F) -> Self::F;
+    /// Round to the nearest integer, ties to even.
+    unsafe fn round(a: Self::F) -> Self::F;
+    /// `2^n` for lanes holding integers in the normal exponent range.
+    unsafe fn pow2i(n: Self::F) -> Self::F;
+    /// `v` where `x >= bound`, 0 where `x < bound`.
+    unsafe fn zero_below(v: Self::F, x: Self::F, bound: f32) -> Self::F;
+    unsafe fn reduce_sum(v: Self::F) -> f32;
+    /// The largest lane, NaN ignored.
+    unsafe fn reduce_max(v: Self::F) -> f32;
+    /// Orders streaming stores before later stores (where the architecture has such stores).
+    unsafe fn store_fence() {}
+}
+
+/// How value rows of one element type are read into lanes and copied, raw, to another buffer.
+///
+/// # Safety
+/// As for [`Lanes`]: only called from code compiled with `L`'s target features.
+pub unsafe trait Row<L: Lanes>: Copy {
+    /// The loaded elements as they were in memory (copied without conversion).
+    type Raw: Copy;
+    /// `L::N` elements from `p`: as float32 lanes, and raw.
+    unsafe fn load(p: *const Self) -> (L::F, Self::Raw);
+    /// Stores `raw` at `p`; `stream` asks for a store that bypasses the cache (`p` aligned to
+    /// `L::N` elements then).
+    unsafe fn store(p: *mut Self, raw: Self::Raw, stream: bool);
+    fn to_f32(self) -> f32;
+}
+
+/// `exp` of each lane (Cephes-style range reduction, degree-5 polynomial, about 2 ulp); lanes
+/// below -87 (where f32 `exp` leaves the normal range), `-inf` included, give 0.
+///
+/// # Safety
+/// Called from code compiled with `L`'s features.
+#[inline(always)]
+pub unsafe fn exp<L: Lanes>(x: L::F) -> L::F {
+    // SAFETY: the caller runs with L's target features.
+    unsafe {
+        let clamped = L::min(L::max(x, L::splat(-87.0)), L::splat(88.0));
+        let n = L::round(L::mul(clamped, L::splat(std::f32::consts::LOG2_E)));
+        // x - n·ln2 in two steps, so that r keeps its low bits.
+        let r = L::neg_mul_add(n, L::splat(0.693_359_4), clamped);
+        let r = L::neg_mul_add(n, L::splat(-2.121_944_4e-4), r);
+        let mut y = L::splat(1.987_569_1e-4);
+        for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+            y = L::mul_add(y, r, L::splat(c));
+        }
+        let y = L::mul_add(y, L::mul(r, r), L::add(r, L::splat(1.0)));
+        L::zero_below(L::mul(y, L::pow2i(n)), x, -87.0)
+    }
+}
+
+/// `x[i] = exp(x[i] - shift)`, returning the sum (see [`super::exp_shifted`]).
+///
+/// # Safety
+/// Called from code compiled with `L`'s features.
+#[inline(always)]
+pub unsafe fn exp_shifted<L: Lanes>(x: &mut [f32], shift: f32) -> f32 {
+    let n = x.len();
+    let mut i = 0;
+    // SAFETY: the caller runs with L's features; every access is at i + N <= n, in the slice.
+    unsafe {
+        let s = L::splat(shift);
+        let mut sum = L::splat(0.0);
+        while i + L::N <= n {
+            let p = x.as_mut_ptr().add(i);
+            let e = exp::<L>(L::sub(L::load(p), s));
+            L::store(p, e);
+            sum = L::add(sum, e);
+            i += L::N;
+        }
+        L::reduce_sum(sum) + scalar::exp_shifted(&mut x[i..], shift)
+    }
+}
+
+/// The largest value, NaN ignored; `-inf` for none.
+///
+/// # Safety
+/// Called from code compiled with `L`'s features.
+#[inline(always)]
+pub unsafe fn max<L: Lanes>(x: &[f32]) -> f32 {
+    let n = x.len();
+    let mut i = 0;
+    // SAFETY: the caller runs with L's features; loads at i + N <= n.
+    unsafe {
+        let mut m = L::splat(f32::NEG_INFINITY);
+        while i + L::N <= n {
+            m = L::max(L::load(x.as_ptr().add(i)), m);
+            i += L::N;
+        }
+        L::reduce_max(m).max(scalar::max(&x[i..]))
+    }
+}
+
+/// One column strip of `W` vectors over all rows, the accumulator in `W` registers.
+///
+/// # Safety
+/// `acc` holds `W·N` floats; `rows` (and `copy`, when not null) hold `probs.len()` rows of
+/// `stride` elements with at least `W·N` from the strip start; `L`'s features are enabled.
+#[inline(always)]
+unsafe fn strip<L: Lanes, V: Row<L>, const W: usize>(
+    acc: *mut f32,
+    probs: &[f32],
+    rows: *const V,
+    copy: *mut V,
+    stride: usize,
+    stream: bool,
+) {
+    // SAFETY: all pointer arithmetic stays inside the ranges the caller guarantees.
+    unsafe {
+        let mut a: [L::F; W] = std::array::from_fn(|v| L::load(acc.add(L::N * v)));
+        // Each register-wide piece is loaded, copied and added before the next is loaded: W
+        // accumulators plus a couple of temporaries fit the register file (holding a whole row
+        // too would spill an accumulator to the stack on every row).
+        for (t, &p) in probs.iter().enumerate() {
+            let row = rows.add(t * stride);
+            let pv = L::splat(p);
+            if copy.is_null() {
+                if p != 0.0 {
+                    for (v, av) in a.iter_mut().enumerate() {
+                        *av = L::mul_add(pv, V::load(row.add(L::N * v)).0, *av);
+                    }
+                }
+            } else {
+                let dst = copy.add(t * stride);
+                for (v, av) in a.iter_mut().enumerate() {
+                    let (x, raw) = V::load(row.add(L::N * v));
+                    V::store(dst.add(L::N * v), raw, stream);
+                    if p != 0.0 {
+                        *av = L::mul_add(pv, x, *av);
+                    }
+                }
+            }
+        }
+        for (v, &av) in a.iter().enumerate() {
+            L::store(acc.add(L::N * v), av);
+        }
+    }
+}
+
+/// `acc[c] += Σ_t probs[t] · rows[t·D + c]`, copying the rows to `copy_to` in the same pass (see
+/// [`super::accumulate_rows_f32`]).
+///
+/// # Safety
+/// Called from code compiled with `L`'s features.
+#[inline(always)]
+pub unsafe fn accumulate_rows<L: Lanes, V: Row<L>>(
+    acc: &mut [f32],
+    probs: &[f32],
+    rows: &[V],
+    mut copy_to: Option<&mut [V]>,
+    stream: bool,
+) {
+    let d = acc.len();
+    assert_eq!(rows.len(), probs.len() * d, "value rows and probabilities");
+    if let Some(dst) = &copy_to {
+        assert_eq!(dst.len(), rows.len(), "copy destination");
+    }
+    let copy = copy_to
+        .as_deref_mut()
+        .map_or(std::ptr::null_mut(), <[V]>::as_mut_ptr);
+    // Streaming stores need every row start aligned to the store width.
+    let width = L::N * std::mem::size_of::<V>();
+    let stream = stream
+        && !copy.is_null()
+        && (copy as usize).is_multiple_of(width)
+        && (d * std::mem::size_of::<V>()).is_multiple_of(width);
+    let mut c = 0;
+    while c + L::N <= d {
+        let vectors = ((d - c) / L::N).min(L::MAX_STRIP);
+        // Strips of 16, 8, 4, 2 or 1 vectors: the widths compiled below.
+        let w = [16, 8, 4, 2, 1]
+            .into_iter()
+            .find(|&w| w <= vectors)
+            .unwrap_or(1);
+        let acc = acc.as_mut_ptr().wrapping_add(c);
+        let (rows, copy) = (
+            rows.as_ptr().wrapping_add(c),
+            if copy.is_null() {
+                copy
+            } else {
+                copy.wrapping_add(c)
+            },
+        );
+        // SAFETY: the strip covers columns c..c + w·N <= d of every row; L's features are on.
+        unsafe {
+            match w {
+                16 => strip::<L, V, 16>(acc, probs, rows, copy, d, stream),
+                8 => strip::<L, V, 8>(acc, probs, rows, copy, d, stream),
+                4 => strip::<L, V, 4>(acc, probs, rows, copy, d, stream),
+                2 => strip::<L, V, 2>(acc, probs, rows, copy, d, stream),
+                _ => strip::<L, V, 1>(acc, probs, rows, copy, d, stream),
+            }
+        }
+        c += w * L::N;
+    }
+    if stream {
+        // SAFETY: L's features are on. Streaming stores are weakly ordered: fence them before
+        // the pool reports completion.
+        unsafe { L::store_fence() };
+    }
+    scalar::accumulate_columns(acc, probs, rows, copy_to, c, V::to_f32);
+}
