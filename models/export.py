@@ -53,13 +53,21 @@ def load_model(checkpoint, attn):
     return model
 
 
+def dims(cfg):
+    """(layers, key/value heads, head size) of a GPT-2 or Llama config: the cache is [batch, kv heads, length, head]."""
+    n_head = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_head
+    head = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
+    return cfg.num_hidden_layers, n_kv, head
+
+
 class WithCache(torch.nn.Module):
     """(input_ids, attention_mask, position_ids, past k0, past v0, ...) -> (logits, present k0, v0, ...)."""
 
     def __init__(self, model):
         super().__init__()
         self.model = model
-        self.n_layer = model.config.n_layer
+        self.n_layer = dims(model.config)[0]
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
         from transformers import DynamicCache
@@ -88,7 +96,7 @@ def io_names(cfg, kv):
     ins = ["input_ids", "attention_mask", "position_ids"]
     outs = ["logits"]
     if kv:
-        for i in range(cfg.n_layer):
+        for i in range(dims(cfg)[0]):
             ins += [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
             outs += [f"present.{i}.key", f"present.{i}.value"]
     return ins, outs
@@ -103,8 +111,8 @@ def make_inputs(cfg, b, s, p, kv, left_pad=0, seed=0):
     pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, p:]
     args = [ids, mask, pos]
     if kv:
-        h, d = cfg.n_head, cfg.n_embd // cfg.n_head
-        for _ in range(cfg.n_layer):
+        n_layer, h, d = dims(cfg)
+        for _ in range(n_layer):
             args += [torch.randn(b, h, p, d, generator=g), torch.randn(b, h, p, d, generator=g)]
     return args
 
@@ -114,11 +122,11 @@ B, S, P, T = "batch", "sequence", "past_sequence", "past_sequence+sequence"
 
 
 def symbolic_shapes(cfg, kv):
-    h, d = cfg.n_head, cfg.n_embd // cfg.n_head
+    n_layer, h, d = dims(cfg)
     ins = {"input_ids": [B, S], "attention_mask": [B, T if kv else S], "position_ids": [B, S]}
     outs = {"logits": [B, S, cfg.vocab_size]}
     if kv:
-        for i in range(cfg.n_layer):
+        for i in range(n_layer):
             ins[f"past_key_values.{i}.key"] = ins[f"past_key_values.{i}.value"] = [B, h, P, d]
             outs[f"present.{i}.key"] = outs[f"present.{i}.value"] = [B, h, T, d]
     return ins, outs
@@ -220,7 +228,7 @@ def parity(model, path, kv):
         entry = {"batch": b, "sequence": s, "past": p, "left_pad": pad, "max_abs_dlogit": dl}
         if kv:
             dk = 0.0
-            for i in range(cfg.n_layer):
+            for i in range(dims(cfg)[0]):
                 kr, kg = ref[1 + 2 * i].numpy(), got[1 + 2 * i]
                 assert kr.shape == kg.shape, (kr.shape, kg.shape)
                 dk = max(dk, float(np.abs(kr - kg).max()))
@@ -241,9 +249,10 @@ def io_spec(path):
     return [spec(v) for v in m.graph.input], [spec(v) for v in m.graph.output]
 
 
-def export_one(checkpoint, variant, path, log=print, external_data=False):
+def export_one(checkpoint, variant, path, log=print, external_data=False, load=load_model):
+    """Export `variant` of `checkpoint` (load(checkpoint, attn) gives the eval-mode model; GPT-2 by default)."""
     v = parse_variant(variant)
-    model = load_model(checkpoint, v["attn"])
+    model = load(checkpoint, v["attn"])
     cfg = model.config
     ins, outs = io_names(cfg, v["kv_cache"])
     wrapper = (WithCache(model) if v["kv_cache"] else NoCache(model)).eval()

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Regenerate lookat's committed ONNX fixtures and models/manifest.json.
 
-    models/.venv/bin/python models/make_fixtures.py [--trained models/work/train/hf] [--only tiny|trained]
+    models/.venv/bin/python models/make_fixtures.py [--trained models/work/train/hf] [--only tiny|tiny_llama|trained]
 
 * tiny random-initialised GPT-2s (tiny.py) -> models/fixtures/tiny/<config>/<variant>.onnx, self-contained
+* tiny random-initialised Llamas (tiny.py, export_llama.py; RoPE, grouped-query attention) ->
+  models/fixtures/tiny/tiny_llama_<config>/<variant>.onnx, self-contained (--only tiny_llama)
 * the trained small GPT-2 (train.py's final checkpoint) -> models/fixtures/trained/<variant>.onnx, all sharing
   models/fixtures/trained/weights.bin (share_weights.py; deduplicated, 4096-aligned external data)
 
@@ -24,6 +26,7 @@ import onnx
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import attention_patterns  # noqa: E402
 import export  # noqa: E402
 import share_weights  # noqa: E402
 import tiny  # noqa: E402
@@ -38,6 +41,13 @@ TRAINED_VARIANTS = [
     "ts17-eager-kv", "ts17-sdpa-kv", "ts14-eager-kv",
     "dyn18-eager-nokv", "ts17-eager-nokv",
 ]
+# tiny random Llamas (tiny.TINY_LLAMA_CONFIGS): every variant that exports for the first, a few for the others
+TINY_LLAMA_VARIANTS = {
+    "tiny_llama_l2_q4_kv2_d16": ["ts17-eager-kv", "ts17-sdpa-kv", "dyn18-eager-kv", "dyn18-sdpa-kv",
+                                 "dyn23-eager-kv", "dyn23-sdpa-kv", "ts17-eager-nokv", "dyn23-sdpa-nokv"],
+    "tiny_llama_l1_q6_kv2_d64": ["ts17-eager-kv", "dyn23-sdpa-kv"],
+    "tiny_llama_l1_q4_kv1_d32": ["ts17-sdpa-kv", "dyn18-eager-kv"],
+}
 TINY_VARIANTS = {
     "tiny_l3_h4_d16": ["ts14-eager-kv", "ts14-sdpa-kv", "ts17-eager-kv", "ts17-sdpa-kv", "dyn18-eager-kv",
                        "dyn18-sdpa-kv", "dyn23-eager-kv", "dyn23-sdpa-kv", "ts17-eager-nokv", "dyn23-sdpa-nokv"],
@@ -68,7 +78,10 @@ def attention_summary(path):
         for i in n.input:
             cons[i].append(n)
     hist = collections.Counter(n.op_type for n in m.graph.node)
+    llama = attention_patterns.llama_block(path) if attention_patterns.is_llama(path) else None
     start = prod.get("present.0.key")
+    if start is None and llama is not None:  # Llama without cache: from the key projection
+        start = prod[llama["projection_outputs"]["k"]]
     if start is None:
         start = next(n for n in m.graph.node if n.op_type == "Split")
     # BFS over consumers from start to the first Softmax/Attention
@@ -94,9 +107,15 @@ def attention_summary(path):
         k = prev[k]
     path_ops.reverse()
     # graph outputs of the fused QKV split feeding the key path, for orientation
-    return {"key_path_op_types": path_ops, "nodes": len(m.graph.node),
-            "op_types": dict(sorted(hist.items(), key=lambda kv: -kv[1])),
-            "has_onnx_attention_node": hist.get("Attention", 0) > 0}
+    out = {"key_path_op_types": path_ops, "nodes": len(m.graph.node),
+           "op_types": dict(sorted(hist.items(), key=lambda kv: -kv[1])),
+           "has_onnx_attention_node": hist.get("Attention", 0) > 0}
+    if llama is not None:
+        # Llama: the layer-0 paths from the q/k/v projections through RoPE, the cache Concat and repeat_kv
+        out["llama_key_path"] = llama["key_path"]
+        out["llama_query_path"] = llama["query_path"]
+        out["llama_value_path"] = llama["value_path"]
+    return out
 
 
 def check(path):
@@ -111,7 +130,7 @@ def entry(model_name, variant, path, par, v, cfg, notes, external):
         "exporter": v["exporter"], "opset": v["opset"], "attn_implementation": v["attn"], "kv_cache": v["kv_cache"],
         "external_data": rel(external) if external else None,
         "postprocess": notes,
-        "config": export.config_summary(cfg),
+        "config": cfg if isinstance(cfg, dict) else export.config_summary(cfg),
         "inputs": ins, "outputs": outs,
         "parity": par,
         "max_abs_dlogit": max(e["max_abs_dlogit"] for e in par),
@@ -121,9 +140,15 @@ def entry(model_name, variant, path, par, v, cfg, notes, external):
     }
 
 
+def part_of(e):
+    """Which make_fixtures part owns a manifest entry: tiny (GPT-2), tiny_llama or trained."""
+    return "tiny_llama" if e["model"].startswith("tiny_llama") else "tiny" if e["model"].startswith("tiny") else "trained"
+
+
 def build_tiny(entries, log):
     out_root = os.path.join(HERE, "fixtures", "tiny")
-    shutil.rmtree(out_root, ignore_errors=True)
+    for name in TINY_VARIANTS:
+        shutil.rmtree(os.path.join(out_root, name), ignore_errors=True)
     for name, variants in TINY_VARIANTS.items():
         ckpt = tiny.make_tiny(name, os.path.join(WORK, "tiny"))
         os.makedirs(os.path.join(out_root, name), exist_ok=True)
@@ -135,6 +160,27 @@ def build_tiny(entries, log):
                                  ["random init; biases and LayerNorm re-drawn (tiny.py)"], None))
         if name == "tiny_l3_h4_d16":
             add_optimum(entries, ckpt, name, os.path.join(out_root, name, "optimum18-sdpa-kv.onnx"), log)
+
+
+def build_tiny_llama(entries, log):
+    import export_llama
+
+    out_root = os.path.join(HERE, "fixtures", "tiny")
+    for name, variants in TINY_LLAMA_VARIANTS.items():
+        shutil.rmtree(os.path.join(out_root, name), ignore_errors=True)
+        ckpt = tiny.make_tiny_llama(name, os.path.join(WORK, "tiny"))
+        os.makedirs(os.path.join(out_root, name), exist_ok=True)
+        note = "random init (LlamaForCausalLM); RMSNorm weights re-drawn (tiny.py)"
+        for var in variants:
+            path = os.path.join(out_root, name, var + ".onnx")
+            model, v, par = export_llama.export_variant(ckpt, var, path, log=log)
+            check(path)
+            entries.append(entry(name, var, path, par, v, export_llama.config_summary(model.config), [note], None))
+        if name == "tiny_llama_l2_q4_kv2_d16":
+            add_optimum(entries, export_llama.legacy_checkpoint(ckpt), name,
+                        os.path.join(out_root, name, "optimum18-sdpa-kv.onnx"), log, load=export_llama.load_llama,
+                        summary=export_llama.config_summary, init_note=note,
+                        ckpt_for_parity=ckpt)
 
 
 OPTIMUM_VENV = os.path.join(WORK, "optimum-venv")
@@ -151,8 +197,9 @@ def optimum_export(ckpt, out_path, log):
         return None
     tmp = os.path.join(WORK, "optimum", os.path.basename(os.path.normpath(ckpt)))
     shutil.rmtree(tmp, ignore_errors=True)
-    subprocess.run(["bash", os.path.join(HERE, "optimum_export.sh"), ckpt, tmp], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.run(["bash", os.path.join(HERE, "optimum_export.sh"), ckpt, tmp], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"optimum_export.sh exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     vers = subprocess.run([py, "-c", "import json, importlib.metadata as m; print(json.dumps({k: m.version(k) for k in "
                            "('optimum', 'optimum-onnx', 'torch', 'transformers', 'onnx')}))"],
                           check=True, capture_output=True, text=True).stdout
@@ -161,25 +208,34 @@ def optimum_export(ckpt, out_path, log):
     return json.loads(vers)
 
 
-def add_optimum(entries, ckpt, name, path, log, external=None, blob=None):
+def add_optimum(entries, ckpt, name, path, log, external=None, blob=None, load=None, summary=None, init_note=None,
+                ckpt_for_parity=None):
+    """optimum export of ckpt (GPT-2 by default; load/summary give another family's loader and config block)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     raw = path if blob is None else os.path.join(WORK, "trained_raw", "optimum-kv.onnx")
-    vers = optimum_export(ckpt, raw, log)
+    try:
+        vers = optimum_export(ckpt, raw, log)
+    except Exception as e:  # noqa: BLE001 - a failing exporter is recorded, not fatal
+        log(f"optimum export of {name} failed: {e!r}")
+        return
     if vers is None:
         return
     notes = ["exported by optimum-cli in its own venv (models/optimum_export.sh); parity is against "
              "transformers " + export.versions()["transformers"] + " (sdpa) in models/.venv"]
-    if name.startswith("tiny"):
+    if init_note:
+        notes.insert(0, init_note)
+    elif name.startswith("tiny"):
         notes.insert(0, "random init; biases and LayerNorm re-drawn (tiny.py)")
     if blob is not None:
         notes += ["initializers > 1 KiB moved to the shared external-data file weights.bin (deduplicated)"]
         notes += share_weights.externalize(raw, path, blob)
     check(path)
-    model = export.load_model(ckpt, "sdpa")
+    model = (load or export.load_model)(ckpt_for_parity or ckpt, "sdpa")
     par = export.parity(model, path, True)
     log(f"optimum-kv ({name}): max |dlogit| {max(e['max_abs_dlogit'] for e in par):.2e}")
     v = {"exporter": "optimum", "opset": 18, "attn": "sdpa (optimum default)", "kv_cache": True}
-    e = entry(name, "optimum18-sdpa-kv", path, par, v, model.config, notes, external)
+    e = entry(name, "optimum18-sdpa-kv", path, par, v, summary(model.config) if summary else model.config, notes,
+              external)
     e["versions"] = vers
     entries.append(e)
 
@@ -220,7 +276,7 @@ def ckpt_to_hf(ckpt_pt, out_dir):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--trained", default=os.path.join(WORK, "train", "hf"))
-    ap.add_argument("--only", choices=["tiny", "trained"], default=None)
+    ap.add_argument("--only", choices=["tiny", "trained", "tiny_llama"], default=None)
     ap.add_argument("--manifest", default=os.path.join(HERE, "manifest.json"))
     ap.add_argument("--refresh-trained-info", action="store_true",
                     help="only rewrite the manifest's trained_model section (training log, results/*.json)")
@@ -240,10 +296,11 @@ def main():
     old = {}
     if args.only and os.path.exists(args.manifest):
         old = json.load(open(args.manifest))
-    entries = [e for e in old.get("fixtures", []) if args.only and not (
-        (args.only == "tiny") == e["model"].startswith("tiny"))]
+    entries = [e for e in old.get("fixtures", []) if args.only and part_of(e) != args.only]
     if args.only in (None, "tiny"):
         build_tiny(entries, log)
+    if args.only in (None, "tiny_llama"):
+        build_tiny_llama(entries, log)
     trained_info = old.get("trained_model")
     if args.trained.endswith(".pt"):
         args.trained = ckpt_to_hf(args.trained, os.path.join(WORK, "ckpt_hf"))
@@ -253,7 +310,8 @@ def main():
     entries.sort(key=lambda e: e["path"])
     bad = [e["path"] for e in entries if not e["max_abs_dlogit"] <= export.PARITY_TOL]
     manifest = {
-        "about": "ONNX fixtures of lookat (GPT-2). Regenerate with models/make_fixtures.py; see models/README.md.",
+        "about": "ONNX fixtures of lookat (GPT-2; tiny random Llamas: models/fixtures/tiny/tiny_llama_*). Regenerate "
+                 "with models/make_fixtures.py; see models/README.md.",
         "generated_by": "models/.venv/bin/python models/make_fixtures.py" + (f" --only {args.only}" if args.only else ""),
         "generated_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "versions": export.versions(),

@@ -33,3 +33,34 @@ def make_tiny(name, out_dir, seed=20261128):
     path = os.path.join(out_dir, name)
     model.save_pretrained(path)
     return path
+
+
+TINY_LLAMA_CONFIGS = {
+    # name: (layers, query heads, key/value heads, head size, hidden, MLP, rope_theta)  -- vocab 512, 256 positions,
+    # tied embeddings, no biases, RMSNorm eps 1e-5 (as SmolLM2-135M)
+    "tiny_llama_l2_q4_kv2_d16": (2, 4, 2, 16, 64, 128, 50000.0),
+    "tiny_llama_l1_q6_kv2_d64": (1, 6, 2, 64, 96, 96, 100000.0),  # hidden 96 != 6 x 64 (explicit head_dim)
+    "tiny_llama_l1_q4_kv1_d32": (1, 4, 1, 32, 128, 128, 25000.0),  # multi-query: one key/value head
+}
+
+
+def make_tiny_llama(name, out_dir, seed=20261203):
+    """A random LlamaForCausalLM. RMSNorm weights are re-drawn around 1 (a fresh model has all ones, which the
+    dynamo optimizer may fold away); Llama has no biases."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    n_layer, n_head, n_kv, head, hidden, mlp, theta = TINY_LLAMA_CONFIGS[name]
+    cfg = LlamaConfig(vocab_size=512, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=n_layer,
+                      num_attention_heads=n_head, num_key_value_heads=n_kv, head_dim=head,
+                      max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                      rope_parameters={"rope_type": "default", "rope_theta": theta},
+                      attention_bias=False, mlp_bias=False, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(seed + sum(map(ord, name)))
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith("norm.weight"):
+                p.normal_(1.0, 0.2)
+    path = os.path.join(out_dir, name)
+    model.save_pretrained(path)
+    return path
