@@ -2,7 +2,10 @@
 LOOKAT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export LOOKAT_ROOT
 export LOOKAT_VENV="$LOOKAT_ROOT/.venv"
-# The ONNX Runtime shared library that the PyPI wheel ships, used by the Rust hosts (ort load-dynamic).
-export ORT_DYLIB_PATH="$LOOKAT_VENV/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1"
+# The ONNX Runtime shared library that the PyPI wheel (version pinned in requirements.txt only)
+# ships inside the onnxruntime package, used by the Rust hosts (ort load-dynamic). Empty until
+# scripts/setup.sh has made the venv.
+ORT_DYLIB_PATH=$(ls "$LOOKAT_VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | sort | tail -n 1 || true)
+export ORT_DYLIB_PATH
 # The plugin, built by `cargo build --release`.
 export LOOKAT_OP_LIB="$LOOKAT_ROOT/target/release/liblookat_op.so"

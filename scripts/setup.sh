@@ -18,14 +18,17 @@ if [ ! -x "$LOOKAT_VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wa
     "$LOOKAT_VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
     echo "$want" > "$stamp"
 fi
-# The oldest onnxruntime the plugin's declared C API (17) allows, for the version-range test.
-old="$LOOKAT_ROOT/.venv-ort1.17"
+# The oldest onnxruntime the plugin's declared C API allows (contract/contract.json), newest patch
+# release of that minor version, for the version-range test.
+oldest=$("$LOOKAT_VENV/bin/python" -c 'import json; print(json.load(open("contract/contract.json"))["min_onnxruntime"])')
+old="$LOOKAT_ROOT/.venv-ort-oldest"
 if [ ! -x "$old/bin/python" ] || ! "$old/bin/python" -c "import onnxruntime" 2>/dev/null; then
-    echo "setup: creating $old (onnxruntime 1.17.3)" >&2
+    echo "setup: creating $old (onnxruntime ~=$oldest.0)" >&2
     "$python" -m venv "$old"
-    "$old/bin/pip" install -q --disable-pip-version-check onnxruntime==1.17.3 numpy==1.26.4
+    "$old/bin/pip" install -q --disable-pip-version-check "onnxruntime~=$oldest.0" numpy==1.26.4
 fi
-[ -f "$ORT_DYLIB_PATH" ] || { echo "setup: $ORT_DYLIB_PATH is missing from the onnxruntime wheel" >&2; exit 1; }
+source "$LOOKAT_ROOT/scripts/env.sh"   # the library path, now that the venv exists
+[ -f "$ORT_DYLIB_PATH" ] || { echo "setup: no libonnxruntime.so in the onnxruntime wheel of $LOOKAT_VENV" >&2; exit 1; }
 
 cargo build --release --workspace --locked --quiet
 [ -f "$LOOKAT_OP_LIB" ] || { echo "setup: the plugin $LOOKAT_OP_LIB was not built" >&2; exit 1; }

@@ -191,6 +191,81 @@ pub fn check_original(original: &ModelProto, path: &Path, layers: &[LookatLayer]
     Ok(())
 }
 
+/// What the original model can be fed: its vocabulary size and, for models with a learned
+/// position table (GPT-2), the number of positions. Read from the embedding `Gather`s of the
+/// `input_ids` / `position_ids` graph inputs; `None` where the graph does not say (e.g. rotary
+/// position embeddings have no table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModelLimits {
+    pub vocab: Option<usize>,
+    pub positions: Option<usize>,
+}
+
+impl ModelLimits {
+    pub fn read(model: &ModelProto) -> ModelLimits {
+        let Some(graph) = model.graph.as_ref() else {
+            return ModelLimits::default();
+        };
+        // The ids may pass through a Reshape or Cast (dynamo's `view`) before the lookup.
+        let table_rows = |ids: &str| {
+            let mut frontier = vec![ids.to_string()];
+            for _ in 0..4 {
+                let mut next = vec![];
+                for t in &frontier {
+                    for n in graph.node.iter().filter(|n| n.input.contains(t)) {
+                        let table = graph
+                            .initializer
+                            .iter()
+                            .find(|init| Some(&init.name) == n.input.first());
+                        match (n.op_type.as_str(), table) {
+                            ("Gather", Some(table))
+                                if n.input.get(1) == Some(t) && table.dims.len() == 2 =>
+                            {
+                                return Some(table.dims[0].max(0) as usize);
+                            }
+                            ("Reshape" | "Cast" | "Unsqueeze" | "Squeeze" | "Flatten", _)
+                                if n.input.first() == Some(t) =>
+                            {
+                                next.extend(n.output.iter().cloned())
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                frontier = next;
+            }
+            None
+        };
+        ModelLimits {
+            vocab: table_rows("input_ids"),
+            positions: table_rows("position_ids"),
+        }
+    }
+
+    /// Fails, naming the limit, when `tokens` hold an id beyond the vocabulary or a window of
+    /// `window` tokens would run past the position table.
+    pub fn check(&self, path: &Path, tokens: &[u32], window: usize) -> Result<()> {
+        if let (Some(vocab), Some(&max)) = (self.vocab, tokens.iter().max()) {
+            if max as usize >= vocab {
+                bail!(
+                    "the tokenizer produced token id {max}, but the model '{}' has a vocabulary of \
+                     {vocab}: use the model's own tokenizer (--tokenizer tokenizer.json or --token-ids)",
+                    path.display()
+                );
+            }
+        }
+        if let Some(positions) = self.positions {
+            if window > positions {
+                bail!(
+                    "--window {window} exceeds the {positions} positions of the model '{}'",
+                    path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Keys of every (layer, head): `result[layer][head]`. `original` was loaded from `path`.
 pub fn collect_keys(
     env: &Environment,
@@ -211,6 +286,7 @@ pub fn collect_keys(
             opts.window
         );
     }
+    ModelLimits::read(&original).check(path, tokens, opts.window)?;
     let names: Vec<String> = layers.iter().map(|l| l.key_tensor.clone()).collect();
     let mut probe = Probe::from_model(env, original, path, &names, opts.threads)?;
     let mut reservoirs: Vec<Vec<Reservoir>> = layers
@@ -238,12 +314,11 @@ pub fn collect_keys(
             let (d, e) = (l.head_dim(), l.heads() * l.head_dim());
             if keys.len() != b * w * e {
                 bail!(
-                    "key tensor '{}' holds {} values, expected {}x{}x{}",
+                    "key tensor '{}' of the original model holds {} values, the rewritten node '{}' \
+                     expects {b}x{w}x{e}: --original must be the model that was given to lookat-rewrite",
                     l.key_tensor,
                     keys.len(),
-                    b,
-                    w,
-                    e
+                    l.node,
                 );
             }
             for token in keys.chunks_exact(e) {

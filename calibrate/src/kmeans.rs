@@ -49,6 +49,50 @@ pub fn nearest(x: &[f32], centroids: &[f32], d: usize) -> (usize, f32) {
     best
 }
 
+/// The centroids transposed to `[d][k]`, so that the distances of one point to every centroid
+/// are computed centroid-parallel: short sub-vectors (d = 1, 2, ...) then vectorize as well as
+/// long ones, where a loop per centroid would pay its overhead for one or two multiplies.
+struct Transposed {
+    t: Vec<f32>,
+    k: usize,
+    dists: Vec<f32>,
+}
+
+impl Transposed {
+    fn new(centroids: &[f32], d: usize, k: usize) -> Transposed {
+        let mut t = vec![0f32; d * k];
+        for (c, cent) in centroids.chunks_exact(d).enumerate() {
+            for (i, &v) in cent.iter().enumerate() {
+                t[i * k + c] = v;
+            }
+        }
+        Transposed {
+            t,
+            k,
+            dists: vec![0f32; k],
+        }
+    }
+
+    /// What [`nearest`] returns for `x`: each distance summed over the dimensions in the same
+    /// order, the first index of the smallest (NaN never chosen), so the results are identical.
+    fn nearest(&mut self, x: &[f32]) -> (usize, f32) {
+        let k = self.k;
+        self.dists.fill(0.0);
+        for (i, &xi) in x.iter().enumerate() {
+            for (acc, &c) in self.dists.iter_mut().zip(&self.t[i * k..(i + 1) * k]) {
+                let t = xi - c;
+                *acc += t * t;
+            }
+        }
+        let c = lookat_op::kernels::argmin(&self.dists);
+        if self.dists[c] < f32::INFINITY {
+            (c, self.dists[c])
+        } else {
+            (0, f32::INFINITY)
+        }
+    }
+}
+
 /// `k` centroids of `points` (`n × d`, row-major) after at most `iters` Lloyd iterations.
 /// Never returns NaN: with fewer distinct points than `k`, some centroids repeat a point.
 pub fn kmeans(points: &[f32], d: usize, k: usize, iters: usize, seed: u64) -> Vec<f32> {
@@ -92,8 +136,9 @@ pub fn kmeans(points: &[f32], d: usize, k: usize, iters: usize, seed: u64) -> Ve
     let mut dists = vec![0f32; n];
     for _ in 0..iters {
         let mut changed = false;
+        let mut by_centroid = Transposed::new(&centroids, d, k);
         for i in 0..n {
-            let (c, dd) = nearest(point(i), &centroids, d);
+            let (c, dd) = by_centroid.nearest(point(i));
             dists[i] = dd;
             if assign[i] != c {
                 assign[i] = c;
@@ -186,6 +231,24 @@ mod tests {
         }
         let single = kmeans(&[5.0], 1, 256, 5, 1);
         assert!(single.iter().all(|&x| x == 5.0));
+    }
+
+    #[test]
+    fn transposed_search_equals_the_plain_scan() {
+        let mut rng = Rng::new(3);
+        for (d, k) in [(1, 256), (2, 256), (4, 16), (16, 256), (3, 5)] {
+            let cents: Vec<f32> = (0..d * k).map(|_| rng.unit() as f32 * 4.0 - 2.0).collect();
+            let mut t = Transposed::new(&cents, d, k);
+            for _ in 0..500 {
+                // Coarse values make exact ties common: the first index must win in both.
+                let x: Vec<f32> = (0..d).map(|_| (rng.below(9) as f32 - 4.0) * 0.5).collect();
+                assert_eq!(t.nearest(&x), nearest(&x, &cents, d), "d={d} k={k} x={x:?}");
+            }
+            let mut ties = cents.clone();
+            ties[d..2 * d].copy_from_slice(&cents[..d]);
+            let mut t = Transposed::new(&ties, d, k);
+            assert_eq!(t.nearest(&cents[..d]), (0, 0.0));
+        }
     }
 
     #[test]

@@ -58,6 +58,7 @@ pub struct HeadError {
     pub relative: f64,
 }
 
+#[derive(Debug)]
 pub struct Summary {
     pub layers: Vec<LookatLayer>,
     pub tokens_used: usize,
@@ -141,11 +142,10 @@ pub fn learn_codebooks(
         .map(|&(l, h, j)| {
             let layer = &layers[l];
             let (d, sub) = (layer.head_dim(), layer.shape.sub_dim);
-            let points: Vec<f32> = keys[l][h]
-                .data
-                .chunks_exact(d)
-                .flat_map(|k| k[j * sub..(j + 1) * sub].to_vec())
-                .collect();
+            let mut points = Vec::with_capacity(keys[l][h].len() * sub);
+            for key in keys[l][h].data.chunks_exact(d) {
+                points.extend_from_slice(&key[j * sub..(j + 1) * sub]);
+            }
             let c = kmeans(
                 &points,
                 sub,

@@ -222,14 +222,14 @@ impl CodebookShape {
         subspaces: usize,
         centroids: usize,
     ) -> Option<CodebookShape> {
-        (subspaces > 0 && head_dim > 0 && head_dim.is_multiple_of(subspaces)).then_some(
+        (subspaces > 0 && head_dim > 0 && head_dim.is_multiple_of(subspaces)).then(|| {
             CodebookShape {
                 heads,
                 subspaces,
                 centroids,
                 sub_dim: head_dim / subspaces,
-            },
-        )
+            }
+        })
     }
 
     /// From a `[H, m, K, d']` shape with non-negative dimensions.

@@ -1,8 +1,13 @@
 """Helpers for the Python end-to-end tests: build one-node LookatAttention models, run them in
-onnxruntime with the plugin, and a naive float64 reference that shares no code with the op."""
+onnxruntime with the plugin, and a naive float64 reference that shares no code with the op.
 
+The op's names and I/O positions come from contract/contract.json, which `cargo run -p
+lookat-contract` generates from contract/src/lib.rs (a Rust test keeps it current)."""
+
+import json
 import os
 import pathlib
+import subprocess
 
 import numpy as np
 import onnx
@@ -10,14 +15,48 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+CONTRACT = json.loads((ROOT / "contract" / "contract.json").read_text())
+DOMAIN, OP_NAME, OPSET = CONTRACT["domain"], CONTRACT["op_name"], CONTRACT["opset_version"]
+INPUTS = [p["name"] for p in CONTRACT["inputs"]]
+OUTPUTS = [p["name"] for p in CONTRACT["outputs"]]
+IN = {name: i for i, name in enumerate(INPUTS)}
+OUT = {name: i for i, name in enumerate(OUTPUTS)}
+
+
+def codes_name(key_tensor: str) -> str:
+    """The uint8 code tensor that replaces a float key cache tensor in a rewritten model."""
+    return key_tensor + CONTRACT["codes_suffix"]
+
+
+def codebooks_name(layer: int) -> str:
+    return f"{CONTRACT['codebooks_prefix']}{layer}"
+
+
+def build_release():
+    """Builds the workspace (plugin and tools) from the current sources, once per test session, so
+    that no test runs a stale plugin; skipped when LOOKAT_OP_LIB points at another build."""
+    if os.environ.get("LOOKAT_OP_LIB") or getattr(build_release, "done", False):
+        return
+    subprocess.run(["cargo", "build", "--release", "--workspace", "--locked", "--quiet"], cwd=ROOT, check=True)
+    build_release.done = True
 
 
 def plugin_path() -> str:
+    build_release()
     path = os.environ.get("LOOKAT_OP_LIB", str(ROOT / "target" / "release" / "liblookat_op.so"))
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"the LookatAttention plugin {path} is missing: run scripts/setup.sh (cargo build --release)"
         )
+    return path
+
+
+def tool(name: str) -> pathlib.Path:
+    """A command-line tool of the workspace (lookat-rewrite, lookat-calibrate, ...), freshly built."""
+    build_release()
+    path = ROOT / "target" / "release" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run scripts/setup.sh")
     return path
 
 
@@ -45,40 +84,35 @@ def attention_model(
     """One LookatAttention node. `codebooks` given: an initializer; else a graph input."""
     e = heads * head_dim
     f = TensorProto.FLOAT
-    inputs = [
-        helper.make_tensor_value_info("query", f, ["B", "S", e]),
-        helper.make_tensor_value_info("key", f, ["B", "S", e]),
-        helper.make_tensor_value_info("value", f, ["B", "S", e]),
-        helper.make_tensor_value_info("past_key_codes", TensorProto.UINT8, ["B", heads, "P", subspaces]),
-        helper.make_tensor_value_info("past_value", value_type, ["B", heads, "P", head_dim]),
-    ]
-    if mask:
-        inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "T"]))
+    # Graph inputs and outputs carry the contract's port names.
+    shapes = {
+        "query": (f, ["B", "S", e]),
+        "key": (f, ["B", "S", e]),
+        "value": (f, ["B", "S", e]),
+        "past_key_codes": (TensorProto.UINT8, ["B", heads, "P", subspaces]),
+        "past_value": (value_type, ["B", heads, "P", head_dim]),
+        "attention_mask": (TensorProto.INT64, ["B", "T"]),
+        "codebooks": (f, [heads, subspaces, centroids, head_dim // subspaces]),
+        "output": (f, ["B", "S", e]),
+        "present_key_codes": (TensorProto.UINT8, ["B", heads, "T", subspaces]),
+        "present_value": (value_type, ["B", heads, "T", head_dim]),
+    }
+    node_inputs = INPUTS[: IN["codebooks"] + 1]
+    if not mask:
+        node_inputs[IN["attention_mask"]] = ""
+    inputs = [helper.make_tensor_value_info(n, *shapes[n]) for n in node_inputs if n and n != "codebooks"]
     initializers = []
     if codebooks is None:
-        inputs.append(
-            helper.make_tensor_value_info("codebooks", f, [heads, subspaces, centroids, head_dim // subspaces])
-        )
+        inputs.append(helper.make_tensor_value_info("codebooks", *shapes["codebooks"]))
     else:
         initializers.append(onnx.numpy_helper.from_array(codebooks.astype(np.float32), "codebooks"))
+    node_outputs = OUTPUTS[: OUT["present_value"] + 1]
     node = helper.make_node(
-        "LookatAttention",
-        ["query", "key", "value", "past_key_codes", "past_value", "attention_mask" if mask else "", "codebooks"],
-        ["output", "present_key_codes", "present_value"],
-        domain="com.lookat",
-        name=node_name,
-        num_heads=heads,
-        **(attrs or {}),
+        OP_NAME, node_inputs, node_outputs, domain=DOMAIN, name=node_name, num_heads=heads, **(attrs or {})
     )
-    outputs = [
-        helper.make_tensor_value_info("output", f, ["B", "S", e]),
-        helper.make_tensor_value_info("present_key_codes", TensorProto.UINT8, ["B", heads, "T", subspaces]),
-        helper.make_tensor_value_info("present_value", value_type, ["B", heads, "T", head_dim]),
-    ]
+    outputs = [helper.make_tensor_value_info(n, *shapes[n]) for n in node_outputs]
     graph = helper.make_graph([node], "lookat_one_node", inputs, outputs, initializers)
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.lookat", 1)]
-    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, OPSET)])
     model.ir_version = 9
     return model
 

@@ -10,11 +10,10 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from lookat_testlib import ROOT
+from lookat_testlib import CONTRACT, ROOT, tool
 from test_rewrite import rewrite
 
 ORIGINAL = ROOT / "models/fixtures/trained/dyn18-eager-kv.onnx"
-BIN = ROOT / "target/release"
 # Thresholds on top-1 agreement of next-token predictions, mean KL(original || lookat) in nats and
 # the perplexity ratio, over 160 held-out prose tokens. Measured on the committed fixture (m = 4,
 # 12k calibration tokens): 0.950, 0.0018, 0.998; with the corrupted codebooks 0.575, 0.367, 1.37 —
@@ -26,7 +25,7 @@ MAX_PPL_RATIO = 1.10
 
 def measure(model):
     line = subprocess.run(
-        [str(BIN / "lookat-generate"), "--original", str(ORIGINAL), "--model", str(model), "--new-tokens", "4",
+        [str(tool("lookat-generate")), "--original", str(ORIGINAL), "--model", str(model), "--new-tokens", "4",
          "--eval-text", str(ROOT / "models/text/eval/prose.txt"), "--eval-tokens", "160"],
         check=True, capture_output=True, text=True,
     ).stdout.splitlines()[-1]
@@ -46,7 +45,7 @@ def calibrated(tmp_path_factory):
     d = tmp_path_factory.mktemp("fidelity")
     rewrite(ORIGINAL, d / "rw.onnx", "--subspaces", "4")
     subprocess.run(
-        [str(BIN / "lookat-calibrate"), "--original", str(ORIGINAL), "--rewritten", str(d / "rw.onnx"), "-o", str(d / "cal.onnx"),
+        [str(tool("lookat-calibrate")), "--original", str(ORIGINAL), "--rewritten", str(d / "rw.onnx"), "-o", str(d / "cal.onnx"),
          "--text", *[str(ROOT / f"models/text/calib/{x}.txt") for x in ("prose", "code", "technical")],
          "--tokens", "12000", "--iters", "10", "--quiet"],
         check=True,
@@ -62,7 +61,7 @@ def test_the_same_check_fails_with_corrupted_codebooks(calibrated):
     model = onnx.load(str(calibrated), load_external_data=False)
     rng = np.random.default_rng(0)
     for t in model.graph.initializer:
-        if t.name.startswith("lookat.codebooks."):
+        if t.name.startswith(CONTRACT["codebooks_prefix"]):
             book = numpy_helper.to_array(t)
             # Codes now name the wrong centroids (shuffled within each subspace), at the wrong scale
             # (a unit mix-up, ×30): what a stale or mismatched codebook file would do.

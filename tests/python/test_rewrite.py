@@ -15,10 +15,9 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
-from lookat_testlib import ROOT, plugin_path
+from lookat_testlib import DOMAIN, ROOT, codebooks_name, codes_name, plugin_path, tool
 
 MANIFEST = ROOT / "models" / "manifest.json"
-REWRITE = ROOT / "target" / "release" / "lookat-rewrite"
 PROMPT, NEW_TOKENS = 32, 16
 # Largest |logit difference| allowed between original and rewritten over every step, with m = D,
 # K = 256 quantile codebooks from 16k (trained) / 8k (tiny) keys of random token windows. The
@@ -36,9 +35,7 @@ def fixtures():
 
 
 def rewrite(src, dst, *args, check=True):
-    if not REWRITE.is_file():
-        raise FileNotFoundError(f"{REWRITE} is missing: run scripts/setup.sh")
-    proc = subprocess.run([str(REWRITE), str(src), "-o", str(dst), *args], capture_output=True, text=True)
+    proc = subprocess.run([str(tool("lookat-rewrite")), str(src), "-o", str(dst), *args], capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"lookat-rewrite failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -59,7 +56,7 @@ def lookat_session(path):
 
 
 def lookat_nodes(model):
-    return [n for n in model.graph.node if n.domain == "com.lookat"]
+    return [n for n in model.graph.node if n.domain == DOMAIN]
 
 
 def collect_keys(original_path, rewritten, ids):
@@ -96,7 +93,7 @@ def quantile_codebooks(keys, k=256):
 def write_codebooks(rewritten, books, path):
     inits = {t.name: t for t in rewritten.graph.initializer}
     for i, book in enumerate(books):
-        t = inits[f"lookat.codebooks.{i}"]
+        t = inits[codebooks_name(i)]
         assert tuple(t.dims) == book.shape, (t.dims, book.shape)
         t.CopyFrom(numpy_helper.from_array(book, t.name))
     onnx.save(rewritten, str(path))
@@ -168,8 +165,8 @@ def test_rewritten_fixture_generates_like_the_original(fx, tmp_path):
     io = {v.name: v.type.tensor_type.elem_type for v in list(rewritten.graph.input) + list(rewritten.graph.output)}
     if fx["kv_cache"]:
         for i in range(n_layer):
-            assert io[f"past_key_values.{i}.key_codes"] == onnx.TensorProto.UINT8
-            assert io[f"present.{i}.key_codes"] == onnx.TensorProto.UINT8
+            assert io[codes_name(f"past_key_values.{i}.key")] == onnx.TensorProto.UINT8
+            assert io[codes_name(f"present.{i}.key")] == onnx.TensorProto.UINT8
             assert f"past_key_values.{i}.key" not in io and f"present.{i}.key" not in io
 
     # Uncalibrated: onnxruntime refuses to build a session, naming the fix.
@@ -278,8 +275,20 @@ def test_bad_subspaces_name_the_argument(tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.parametrize("name", ["lookat-rewrite", "lookat-calibrate", "lookat-generate", "lookat-eval"])
+def test_usage_errors_exit_64_not_the_nothing_to_rewrite_status(name):
+    # Exit 2 means "nothing to rewrite"; bad usage has its own status (sysexits' EX_USAGE).
+    proc = subprocess.run([str(tool(name)), "--no-such-flag"], capture_output=True, text=True)
+    assert proc.returncode == 64, (proc.returncode, proc.stderr)
+    assert "--no-such-flag" in proc.stderr
+    proc = subprocess.run([str(tool(name))], capture_output=True, text=True)  # required arguments missing
+    assert proc.returncode == 64, (proc.returncode, proc.stderr)
+    assert subprocess.run([str(tool(name)), "--help"], capture_output=True).returncode == 0
+    assert subprocess.run([str(tool(name)), "--version"], capture_output=True).returncode == 0
+
+
 def test_help_documents_every_flag():
-    out = subprocess.run([str(REWRITE), "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([str(tool("lookat-rewrite")), "--help"], capture_output=True, text=True, check=True).stdout
     for flag in ["--output", "--subspaces", "--centroids", "--value-dtype", "--explain", "key_codes", "lookat-calibrate"]:
         assert flag in out, flag
 

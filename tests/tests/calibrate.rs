@@ -139,3 +139,156 @@ fn calibration_is_deterministic_records_metadata_and_runs() {
         .all(|c| f32::from_le_bytes(c.try_into().unwrap()).is_nan())));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An output that cannot be written fails before anything is read or run: the missing
+/// calibration text is never reached.
+#[test]
+fn unwritable_output_fails_before_any_work() {
+    let dir = std::env::temp_dir().join(format!("lookat-calibrate-out-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rw = rewritten(&dir);
+    let blocker = dir.join("a-file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let mut o = options(&rw, blocker.join("cal.onnx"), 1);
+    o.texts = vec![dir.join("no-such-text.txt")];
+    let err = format!("{:#}", calibrate(&o).unwrap_err());
+    assert!(
+        err.contains("cal.onnx") && !err.contains("no-such-text"),
+        "expected an error about the output first, got: {err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A wrong --original (another model than the one rewritten) is refused before the forward
+/// passes, naming what does not fit, instead of failing inside onnxruntime: here a model whose
+/// tensor names match (the same exporter) but whose vocabulary cannot take the text's tokens.
+#[test]
+fn mismatched_original_is_named_before_any_work() {
+    let dir = std::env::temp_dir().join(format!("lookat-calibrate-orig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rw = rewritten(&dir);
+    let mut o = options(&rw, dir.join("cal.onnx"), 1);
+    o.original = require(
+        root().join("models/fixtures/tiny/tiny_l3_h4_d16/dyn18-eager-kv.onnx"),
+        "fixture",
+    );
+    let err = format!("{:#}", calibrate(&o).unwrap_err());
+    assert!(
+        err.contains("has a vocabulary of 512") && err.contains("--tokenizer"),
+        "{err}"
+    );
+    assert!(!dir.join("cal.onnx").exists());
+    // A model that lacks the rewritten node's tensors altogether.
+    o.original = require(
+        root().join("models/fixtures/tiny/tiny_l3_h4_d16/ts17-eager-kv.onnx"),
+        "fixture",
+    );
+    let err = format!("{:#}", calibrate(&o).unwrap_err());
+    assert!(
+        err.contains("does not compute tensor") && err.contains("--original"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Makes a directory immutable (`chattr +i`: even root cannot create files in it) for the life
+/// of the guard.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn new(dir: &Path) -> Immutable {
+        let status = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .status()
+            .expect("chattr (e2fsprogs) is needed to make a read-only directory for this test");
+        assert!(status.success(), "chattr +i {} failed", dir.display());
+        assert!(
+            std::fs::write(dir.join("probe"), b"x").is_err(),
+            "{} is still writable",
+            dir.display()
+        );
+        Immutable(dir.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Calibration writes nothing next to the original model: it works when the original's directory
+/// is read-only (the pruned probe model is opened from memory).
+#[test]
+fn original_in_a_read_only_directory() {
+    let dir = std::env::temp_dir().join(format!("lookat-calibrate-ro-{}", std::process::id()));
+    let ro = dir.join("original");
+    std::fs::create_dir_all(&ro).unwrap();
+    let fixture = require(root().join(FIXTURE), "fixture");
+    let original = ro.join("model.onnx");
+    std::fs::copy(&fixture, &original).unwrap();
+    std::fs::copy(
+        fixture.with_file_name("weights.bin"),
+        ro.join("weights.bin"),
+    )
+    .unwrap();
+    let rw = rewritten(&dir);
+    let before: Vec<_> = std::fs::read_dir(&ro)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    {
+        let _guard = Immutable::new(&ro);
+        let mut o = options(&rw, dir.join("cal.onnx"), 2);
+        o.original = original.clone();
+        o.tokens = 600;
+        calibrate(&o).expect("calibrate with a read-only original directory");
+    }
+    let after: Vec<_> = std::fs::read_dir(&ro)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(before, after);
+    assert!(dir.join("cal.onnx").is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The vocabulary and position limits are read from each exporter's graph, and a window past the
+/// position table is refused before any forward pass.
+#[test]
+fn model_limits_are_read_from_the_graph() {
+    use lookat_calibrate::collect::ModelLimits;
+    for (file, vocab, positions) in [
+        ("trained/dyn18-eager-kv.onnx", 50257, 1024),
+        ("trained/ts17-eager-kv.onnx", 50257, 1024),
+        ("trained/optimum18-sdpa-kv.onnx", 50257, 1024),
+        ("tiny/tiny_l3_h4_d16/dyn23-sdpa-kv.onnx", 512, 128),
+    ] {
+        let path = require(root().join("models/fixtures").join(file), "fixture");
+        let model = lookat_onnx::io::load(&path).unwrap();
+        assert_eq!(
+            ModelLimits::read(&model),
+            ModelLimits {
+                vocab: Some(vocab),
+                positions: Some(positions)
+            },
+            "{file}"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("lookat-calibrate-pos-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rw = rewritten(&dir);
+    let mut o = options(&rw, dir.join("cal.onnx"), 1);
+    o.window = 2048;
+    o.tokens = 4096;
+    let err = format!("{:#}", calibrate(&o).unwrap_err());
+    assert!(
+        err.contains("--window 2048 exceeds the 1024 positions"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

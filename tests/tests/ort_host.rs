@@ -6,7 +6,7 @@
 use half::f16;
 use lookat_op::kernels::{lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs};
 use lookat_op::{Geometry, Serial, ValueElem};
-use lookat_tests::{one_node_model, session, OneNode};
+use lookat_tests::{one_node_model, plugin_library, repo_root, session, OneNode};
 use onnx_protobuf::tensor_proto::DataType;
 use ort::value::Tensor;
 
@@ -134,4 +134,30 @@ fn prefill_and_decode_float32_values() {
 #[test]
 fn prefill_and_decode_float16_values() {
     decode_loop::<f16>(DataType::FLOAT16);
+}
+
+/// The plugin these tests load is never older than the sources it is built from (the helper
+/// rebuilds it; the ARM64 job builds its own just before).
+#[test]
+fn the_plugin_is_built_from_the_current_sources() {
+    let built = std::fs::metadata(plugin_library())
+        .and_then(|m| m.modified())
+        .expect("plugin modification time");
+    let mut stack = vec![
+        repo_root().join("op/src"),
+        repo_root().join("contract/src"),
+        repo_root().join("op/Cargo.toml"),
+    ];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            let changed = std::fs::metadata(&path).unwrap().modified().unwrap();
+            assert!(
+                changed <= built,
+                "{} changed after the plugin was built",
+                path.display()
+            );
+        }
+    }
 }

@@ -6,8 +6,9 @@
 //! Both loops are dot products: tables are `q_j · C_j[c]`, and encoding picks the smallest
 //! `‖C_j[c]‖² − 2·x_j · C_j[c]` (the squared distance less `‖x_j‖²`, which is the same for every
 //! centroid): one fused multiply-add per element instead of a subtract, a multiply and an add.
-//! Rounding therefore differs from the naive `build_lut` / `nearest_centroid` in the last bits;
-//! codes can differ only between centroids at the same distance to within that rounding.
+//! A code is therefore the nearest centroid up to that rounding: between two centroids whose
+//! distances differ by less than [`ENCODE_TIE_BOUND`] allows, either may be chosen
+//! (docs/op-spec.md states the bound; `op/tests/reference.rs` checks it).
 
 pub struct PreparedCodebook {
     transposed: Vec<f32>,
@@ -17,6 +18,12 @@ pub struct PreparedCodebook {
     centroids: usize,
     sub_dim: usize,
 }
+
+/// The encoding's tie bound, relative: a code's squared distance exceeds the smallest by at most
+/// `ENCODE_TIE_BOUND · (d' + 2) · (‖x‖² + max_c ‖C[c]‖²)` for a sub-vector `x` of `d'` floats.
+/// (Each of the `d' + 1` rounded steps of `‖c‖² − 2x·c` errs by at most 2⁻²⁴ of a partial sum
+/// bounded by `2(‖x‖² + ‖c‖²)`; two candidates are compared; 2⁻²⁰ leaves a margin of 4.)
+pub const ENCODE_TIE_BOUND: f64 = 1.0 / (1u64 << 20) as f64;
 
 /// Whether the portable loops use fused multiply-adds: native on aarch64, a slow libm call on
 /// x86_64 without FMA (where the AVX2+FMA instantiation is used whenever the CPU allows).
@@ -228,9 +235,10 @@ fn groups(n: usize, subspaces: usize) -> impl Iterator<Item = (usize, usize, usi
 }
 
 /// Index of the smallest value, ties to the lowest index, NaN never chosen (0 when nothing is
-/// smaller than +inf): what the reference's sequential scan returns.
+/// smaller than +inf): what a sequential scan keeping the first strictly smaller value returns,
+/// in two vectorizable passes.
 #[inline(always)]
-fn argmin(values: &[f32]) -> usize {
+pub fn argmin(values: &[f32]) -> usize {
     const LANES: usize = 8;
     // The minimum first, in lanes (a vector min per chunk), then the first index holding it.
     let mut lanes = [f32::INFINITY; LANES];

@@ -3,20 +3,16 @@
 mod adc;
 mod attention;
 mod codebook;
-mod encode;
 pub mod fuzz;
 mod geometry;
-mod lut;
 pub mod simd;
 mod softmax;
 mod value;
 
 pub use adc::adc_scores;
 pub use attention::{lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs};
-pub use codebook::{PreparedCodebook, PreparedCodebooks};
-pub use encode::{encode_key, nearest_centroid};
+pub use codebook::{argmin, PreparedCodebook, PreparedCodebooks, ENCODE_TIE_BOUND};
 pub use geometry::{Geometry, LookatError, ShapeInputs};
-pub use lut::build_lut;
 pub use softmax::OnlineSoftmax;
 pub use value::ValueElem;
 
