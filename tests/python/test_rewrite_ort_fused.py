@@ -130,4 +130,4 @@ def test_ort_attention_with_stacked_past_is_refused_by_name(tmp_path):
     onnx.save(model, str(src))
     proc = rewrite(src, tmp_path / "rw.onnx", "--subspaces", "4", check=False)
     assert proc.returncode == 2
-    assert "com.microsoft.Attention 'att0'" in proc.stderr and "stacked" in proc.stderr
+    assert "com.microsoft::Attention 'att0'" in proc.stderr and "stacked" in proc.stderr
