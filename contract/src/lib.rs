@@ -96,13 +96,13 @@ pub mod input {
     pub const COUNT: usize = 8;
 
     pub const PORTS: [Port; COUNT] = [
-        port("query", Float32, false, "[B, S, H*D]"),
-        port("key", Float32, false, "[B, S, H*D]"),
-        port("value", Float32, false, "[B, S, H*D]"),
-        port("past_key_codes", Uint8, true, "[B, H, P, m]"),
-        port("past_value", ValueCache, true, "[B, H, P, D]"),
+        port("query", Float32, false, "[B, S, H*D] or [B, H, S, D]"),
+        port("key", Float32, false, "[B, S, H_kv*D] or [B, H_kv, S, D]"),
+        port("value", Float32, false, "[B, S, H_kv*D] or [B, H_kv, S, D]"),
+        port("past_key_codes", Uint8, true, "[B, H_kv, P, m]"),
+        port("past_value", ValueCache, true, "[B, H_kv, P, D]"),
         port("attention_mask", Int64, true, "[B, P+S]"),
-        port("codebooks", Float32, false, "[H, m, K, D/m]"),
+        port("codebooks", Float32, false, "[H_kv, m, K, D/m]"),
         reserved("past_key_window", Float32),
     ];
 
@@ -124,8 +124,8 @@ pub mod output {
 
     pub const PORTS: [Port; COUNT] = [
         port("output", Float32, false, "[B, S, H*D]"),
-        port("present_key_codes", Uint8, false, "[B, H, P+S, m]"),
-        port("present_value", ValueCache, false, "[B, H, P+S, D]"),
+        port("present_key_codes", Uint8, false, "[B, H_kv, P+S, m]"),
+        port("present_value", ValueCache, false, "[B, H_kv, P+S, D]"),
         reserved("present_key_window", Float32),
     ];
 
@@ -137,6 +137,7 @@ pub mod output {
 /// Attributes of the node.
 pub mod attr {
     pub const NUM_HEADS: &str = "num_heads";
+    pub const NUM_KV_HEADS: &str = "num_kv_heads";
     pub const SCALE: &str = "scale";
     pub const EXACT_CURRENT: &str = "exact_current";
 
@@ -150,12 +151,18 @@ pub mod attr {
         pub meaning: &'static str,
     }
 
-    pub const ALL: [Attribute; 3] = [
+    pub const ALL: [Attribute; 4] = [
         Attribute {
             name: NUM_HEADS,
             kind: "int",
             default: None,
-            meaning: "H; the last dimension of query/key/value is H*D",
+            meaning: "H, query heads",
+        },
+        Attribute {
+            name: NUM_KV_HEADS,
+            kind: "int",
+            default: Some("num_heads"),
+            meaning: "H_kv, key/value heads (grouped-query attention); divides num_heads",
         },
         Attribute {
             name: SCALE,
@@ -203,8 +210,9 @@ pub mod metadata {
     pub const TOOL_VERSION: &str = "lookat.tool_version";
 }
 
-/// The shape `[heads, subspaces, centroids, sub_dim]` of a codebooks tensor, and where each
-/// centroid lies in it (row-major: centroid `c` of subspace `j` of head `h` is `sub_dim` floats).
+/// The shape `[heads, subspaces, centroids, sub_dim]` of a codebooks tensor (`heads` are the kv
+/// heads), and where each centroid lies in it (row-major: centroid `c` of subspace `j` of head `h`
+/// is `sub_dim` floats).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CodebookShape {
     pub heads: usize,

@@ -46,15 +46,7 @@ fn floats(n: usize, seed: u64) -> Vec<f32> {
 
 fn call<V: ValueElem>(t: usize, s: usize, m: usize, books: &PreparedCodebooks, raw: &[f32]) -> f64 {
     let p = t - s;
-    let g = Geometry {
-        batch: 1,
-        heads: H,
-        head_dim: D,
-        new_tokens: s,
-        past_tokens: p,
-        subspaces: m,
-        centroids: K,
-    };
+    let g = Geometry::multi_head(1, H, D, s, p, m, K);
     let (q, k, v) = (
         floats(s * H * D, 1),
         floats(s * H * D, 2),

@@ -13,7 +13,7 @@ pub mod kernels;
 mod ort_glue;
 
 pub use kernels::{
-    lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs, Geometry, LookatError,
-    ParallelFor, Serial, ValueElem,
+    lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs, Geometry, Layout,
+    LookatError, ParallelFor, Serial, ValueElem,
 };
 pub use lookat_contract as contract;

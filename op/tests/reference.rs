@@ -9,7 +9,7 @@
 
 use half::f16;
 use lookat_op::kernels::{lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs};
-use lookat_op::{Geometry, LookatError, ParallelFor, Serial, ValueElem};
+use lookat_op::{Geometry, Layout, LookatError, ParallelFor, Serial, ValueElem};
 
 const TOLERANCE: f64 = 1e-4;
 
@@ -37,6 +37,7 @@ impl Rng {
 #[derive(Clone, Copy, Debug)]
 struct Case {
     b: usize,
+    /// kv heads; the query heads are `h · group`.
     h: usize,
     d: usize,
     p: usize,
@@ -45,9 +46,16 @@ struct Case {
     k: usize,
     masked: bool,
     exact_current: bool,
+    /// Query heads per kv head (1: multi-head attention).
+    group: usize,
+    /// `[B, H, S, D]` inputs instead of `[B, S, H·D]`.
+    head_major: bool,
 }
 
 struct Data {
+    /// Query heads per kv head and the input layout, as the reference reads them.
+    group: usize,
+    head_major: bool,
     g: Geometry,
     query: Vec<f32>,
     key: Vec<f32>,
@@ -59,7 +67,7 @@ struct Data {
 }
 
 fn make_data(c: Case, rng: &mut Rng) -> Data {
-    let e = c.h * c.d;
+    let (kv_e, q_e) = (c.h * c.d, c.h * c.group * c.d);
     let t = c.p + c.s;
     // Left padding: batch row b has b*3 padded positions (capped so each row keeps real tokens).
     let mask = c.masked.then(|| {
@@ -71,24 +79,55 @@ fn make_data(c: Case, rng: &mut Rng) -> Data {
             .collect()
     });
     Data {
+        group: c.group,
+        head_major: c.head_major,
         g: Geometry {
             batch: c.b,
-            heads: c.h,
+            heads: c.h * c.group,
+            kv_heads: c.h,
             head_dim: c.d,
             new_tokens: c.s,
             past_tokens: c.p,
             subspaces: c.m,
             centroids: c.k,
+            layout: if c.head_major {
+                Layout::HeadMajor
+            } else {
+                Layout::TokenMajor
+            },
         },
-        query: rng.vec(c.b * c.s * e, 1.5),
-        key: rng.vec(c.b * c.s * e, 1.5),
-        value: rng.vec(c.b * c.s * e, 1.0),
+        query: rng.vec(c.b * c.s * q_e, 1.5),
+        key: rng.vec(c.b * c.s * kv_e, 1.5),
+        value: rng.vec(c.b * c.s * kv_e, 1.0),
         past_codes: (0..c.b * c.h * c.p * c.m)
             .map(|_| rng.below(c.k) as u8)
             .collect(),
         past_value: rng.vec(c.b * c.h * c.p * c.d, 1.0),
         mask,
         codebooks: rng.vec(c.h * c.m * c.k * (c.d / c.m), 1.5),
+    }
+}
+
+impl Data {
+    /// Offset of (batch b, head h of `heads`, new token s) in a query/key/value input, computed
+    /// here from the layout (not with the kernel's Geometry helpers).
+    fn row(&self, b: usize, h: usize, heads: usize, s: usize) -> usize {
+        let (s_n, d) = (self.g.new_tokens, self.g.head_dim);
+        if self.head_major {
+            ((b * heads + h) * s_n + s) * d
+        } else {
+            (b * s_n + s) * heads * d + h * d
+        }
+    }
+    fn query_row(&self, b: usize, h: usize, s: usize) -> &[f32] {
+        let heads = self.g.kv_heads * self.group;
+        &self.query[self.row(b, h, heads, s)..][..self.g.head_dim]
+    }
+    fn key_row(&self, b: usize, kv: usize, s: usize) -> &[f32] {
+        &self.key[self.row(b, kv, self.g.kv_heads, s)..][..self.g.head_dim]
+    }
+    fn value_row(&self, b: usize, kv: usize, s: usize) -> &[f32] {
+        &self.value[self.row(b, kv, self.g.kv_heads, s)..][..self.g.head_dim]
     }
 }
 
@@ -108,8 +147,8 @@ fn run_kernel<V: ValueElem>(
     let past_value: Vec<V> = data.past_value.iter().map(|&v| V::from_f32(v)).collect();
     let mut run = Run {
         output: vec![f32::NAN; g.batch * g.new_tokens * g.hidden()],
-        codes: vec![0xEE; g.batch * g.heads * t * g.subspaces],
-        values: vec![V::from_f32(f32::NAN); g.batch * g.heads * t * g.head_dim],
+        codes: vec![0xEE; g.batch * g.kv_heads * t * g.subspaces],
+        values: vec![V::from_f32(f32::NAN); g.batch * g.kv_heads * t * g.head_dim],
     };
     lookat_attention(
         g,
@@ -147,16 +186,15 @@ fn check_codes(data: &Data, codes: &[u8]) {
     let g = &data.g;
     let (t_n, m, k, sub) = (g.total_tokens(), g.subspaces, g.centroids, g.sub_dim());
     for b in 0..g.batch {
-        for h in 0..g.heads {
-            let bh = b * g.heads + h;
+        for h in 0..g.kv_heads {
+            let bh = b * g.kv_heads + h;
             assert_eq!(
                 &codes[bh * t_n * m..][..g.past_tokens * m],
                 &data.past_codes[bh * g.past_tokens * m..][..g.past_tokens * m],
-                "past codes not copied for b={b} h={h}"
+                "past codes not copied for b={b} kv head {h}"
             );
             for s in 0..g.new_tokens {
-                let key =
-                    &data.key[(b * g.new_tokens + s) * g.hidden() + h * g.head_dim..][..g.head_dim];
+                let key = data.key_row(b, h, s);
                 for j in 0..m {
                     let x = &key[j * sub..][..sub];
                     let cents = &data.codebooks[(h * m + j) * k * sub..][..k * sub];
@@ -164,7 +202,7 @@ fn check_codes(data: &Data, codes: &[u8]) {
                     assert!((chosen as usize) < k);
                     assert!(
                         within_tie_bound(x, cents, chosen).0,
-                        "code of b={b} h={h} s={s} j={j} is {chosen}, not the nearest within the bound"
+                        "code of b={b} kv head {h} s={s} j={j} is {chosen}, not the nearest within the bound"
                     );
                 }
             }
@@ -200,16 +238,18 @@ fn reference_output(
     let mut out = vec![0.0f64; g.batch * g.new_tokens * e];
     for b in 0..g.batch {
         for h in 0..g.heads {
-            let bh = b * g.heads + h;
+            // Query head h reads kv head h / G.
+            let kv = h / data.group;
+            let bh = b * g.kv_heads + kv;
             let value_at = |t: usize, i: usize| -> f64 {
                 if t < g.past_tokens {
                     store(data.past_value[(bh * g.past_tokens + t) * d + i])
                 } else {
-                    store(data.value[(b * g.new_tokens + t - g.past_tokens) * e + h * d + i])
+                    store(data.value_row(b, kv, t - g.past_tokens)[i])
                 }
             };
             for s in 0..g.new_tokens {
-                let q = &data.query[(b * g.new_tokens + s) * e + h * d..][..d];
+                let q = data.query_row(b, h, s);
                 let visible = g.past_tokens + s + 1;
                 let allowed = |t: usize| data.mask.as_ref().is_none_or(|mk| mk[b * t_n + t] != 0);
                 let mut scores = vec![f64::NEG_INFINITY; visible];
@@ -219,15 +259,14 @@ fn reference_output(
                     }
                     let mut acc = 0.0f64;
                     if opts.exact_current && t >= g.past_tokens {
-                        let key =
-                            &data.key[(b * g.new_tokens + t - g.past_tokens) * e + h * d..][..d];
+                        let key = data.key_row(b, kv, t - g.past_tokens);
                         for i in 0..d {
                             acc += q[i] as f64 * key[i] as f64;
                         }
                     } else {
                         for j in 0..m {
                             let c = codes[(bh * t_n + t) * m + j] as usize;
-                            let cent = &data.codebooks[((h * m + j) * k + c) * sub..][..sub];
+                            let cent = &data.codebooks[((kv * m + j) * k + c) * sub..][..sub];
                             for i in 0..sub {
                                 acc += q[j * sub + i] as f64 * cent[i] as f64;
                             }
@@ -277,16 +316,14 @@ fn check_case_on<V: ValueElem>(c: Case, rng: &mut Rng, round_f16: bool, par: &dy
     // Present values: past copied, new appended, both in storage precision.
     let g = &data.g;
     for b in 0..g.batch {
-        for h in 0..g.heads {
-            let bh = b * g.heads + h;
+        for h in 0..g.kv_heads {
+            let bh = b * g.kv_heads + h;
             for t in 0..g.total_tokens() {
                 for i in 0..g.head_dim {
                     let want = if t < g.past_tokens {
                         data.past_value[(bh * g.past_tokens + t) * g.head_dim + i]
                     } else {
-                        data.value[(b * g.new_tokens + t - g.past_tokens) * g.hidden()
-                            + h * g.head_dim
-                            + i]
+                        data.value_row(b, h, t - g.past_tokens)[i]
                     };
                     let got = run.values[(bh * g.total_tokens() + t) * g.head_dim + i];
                     assert_eq!(
@@ -321,6 +358,8 @@ fn matches_f64_reference_over_the_issue_grid() {
                                     k,
                                     masked,
                                     exact_current: false,
+                                    group: 1,
+                                    head_major: false,
                                 };
                                 // Alternate the value type so both are covered on the whole grid.
                                 if (cases % 2) == 0 {
@@ -337,6 +376,68 @@ fn matches_f64_reference_over_the_issue_grid() {
         }
     }
     assert_eq!(cases, 2 * 3 * 4 * 2 * 7 * 2 * 2);
+}
+
+/// Grouped-query attention (SmolLM2's 9 query / 3 kv heads, multi-query, 2 per kv head) in both
+/// input layouts, prefill and decode, masks and exact current keys, both value types: against
+/// the f64 reference, which maps query head h to kv head h / G on its own.
+#[test]
+fn grouped_query_attention_in_both_layouts() {
+    let mut rng = Rng(0x6a);
+    let mut cases = 0;
+    for (b, kv, group) in [(1, 3, 3), (2, 1, 4), (2, 2, 2), (1, 2, 1)] {
+        for head_major in [false, true] {
+            for (p, s) in [(0, 7), (33, 1), (300, 5), (20, 19)] {
+                for (m, k) in [(4, 256), (8, 16), (64, 256)] {
+                    let c = Case {
+                        b,
+                        h: kv,
+                        d: 64,
+                        p,
+                        s,
+                        m,
+                        k,
+                        masked: cases % 3 == 0,
+                        exact_current: cases % 5 == 0,
+                        group,
+                        head_major,
+                    };
+                    check_case::<f32>(c, &mut rng, false);
+                    check_case::<f16>(c, &mut rng, true);
+                    cases += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 4 * 2 * 4 * 3);
+}
+
+/// Decode on few kv heads with several query heads each takes the split (flash-decoding) path:
+/// every query of a group merges its token ranges exactly.
+#[test]
+fn grouped_query_split_decode_matches_reference() {
+    let mut rng = Rng(0x5b);
+    for (kv, group, p, s, head_major) in [
+        (1, 3, 4000, 1, true),
+        (3, 3, 2500, 1, false),
+        (1, 4, 2100, 3, true),
+    ] {
+        let c = Case {
+            b: 1,
+            h: kv,
+            d: 64,
+            p,
+            s,
+            m: 4,
+            k: 256,
+            masked: true,
+            exact_current: s > 1,
+            group,
+            head_major,
+        };
+        check_case_on::<f32>(c, &mut rng, false, &Threads(4));
+        check_case_on::<f16>(c, &mut rng, true, &Threads(3));
+    }
 }
 
 #[test]
@@ -360,6 +461,8 @@ fn both_value_types_and_exact_current_on_a_smaller_grid() {
                 k,
                 masked,
                 exact_current,
+                group: 1,
+                head_major: false,
             };
             check_case::<f32>(c, &mut rng, false);
             check_case::<f16>(c, &mut rng, true);
@@ -390,6 +493,8 @@ fn lossless_when_keys_are_centroids() {
             k,
             masked,
             exact_current: false,
+            group: 1,
+            head_major: false,
         };
         let mut data = make_data(c, &mut rng);
         let sub = d / m;
@@ -502,6 +607,8 @@ fn threaded_runs_equal_serial_runs_bit_for_bit() {
         k: 256,
         masked: true,
         exact_current: false,
+        group: 1,
+        head_major: false,
     };
     let data = make_data(c, &mut rng);
     let opts = AttentionOptions::default();
@@ -527,6 +634,8 @@ fn codes_beyond_the_codebook_are_refused() {
         k: 16,
         masked: false,
         exact_current: false,
+        group: 1,
+        head_major: false,
     };
     let mut data = make_data(c, &mut rng);
     data.past_codes[(2 * 4 + 3) * 4 + 1] = 16; // batch 1, head 0, token 3, subspace 1
@@ -539,7 +648,7 @@ fn codes_beyond_the_codebook_are_refused() {
         "{msg}"
     );
     assert!(
-        msg.contains("batch 1, head 0, token 3, subspace 1"),
+        msg.contains("batch 1, kv head 0, token 3, subspace 1"),
         "{msg}"
     );
 }
@@ -557,6 +666,8 @@ fn fully_padded_query_rows_give_zeros_not_nan() {
         k: 16,
         masked: false,
         exact_current: false,
+        group: 1,
+        head_major: false,
     };
     let mut data = make_data(c, &mut rng);
     data.mask = Some(vec![0, 0, 1, 1]);
@@ -692,6 +803,8 @@ fn long_prefill_and_decode_over_many_blocks() {
             k: 64,
             masked: true,
             exact_current: false,
+            group: 1,
+            head_major: false,
         };
         check_case::<f32>(c, &mut rng, false);
         check_case::<f16>(c, &mut rng, true);
@@ -822,6 +935,8 @@ fn split_decode_matches_reference() {
             k: 256,
             masked,
             exact_current,
+            group: 1,
+            head_major: false,
         };
         check_case_on::<f32>(c, &mut rng, false, &Threads(4));
         check_case_on::<f16>(c, &mut rng, true, &Threads(3));

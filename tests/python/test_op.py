@@ -137,7 +137,7 @@ BAD_INPUTS = [
     _bad("past_value_batch", lambda f: f.update(past_value=f["past_value"][:1]), ["'past_value'", "batch=2"]),
     _bad("mask_length", lambda f: f.update(attention_mask=f["attention_mask"][:, :-1]), ["'attention_mask'", "past_tokens + new_tokens=5"]),
     _bad("mask_rank", lambda f: f.update(attention_mask=f["attention_mask"][0]), ["'attention_mask'", "rank 2"]),
-    _bad("code_beyond_codebook", lambda f: f["past_key_codes"].__setitem__((1, 2, 0, 5), 200), ["code 200", "batch 1, head 2, token 0, subspace 5", "16 centroids"]),
+    _bad("code_beyond_codebook", lambda f: f["past_key_codes"].__setitem__((1, 2, 0, 5), 200), ["code 200", "batch 1, kv head 2, token 0, subspace 5", "16 centroids"]),
     _bad("nan_codebooks", lambda f: f["codebooks"].__setitem__((0, 0, 0, 0), np.nan), ["holds NaN at [head 0, subspace 0, centroid 0, dimension 0]", "lookat-calibrate"]),
     _bad("wrong_value_dtype", lambda f: f.update(past_value=f["past_value"].astype(np.float64)), ["Unexpected input data type", "double", "expected: (tensor(float))"]),
     _bad("wrong_codes_dtype", lambda f: f.update(past_key_codes=f["past_key_codes"].astype(np.int8)), ["Unexpected input data type", "int8", "expected: (tensor(uint8))"]),

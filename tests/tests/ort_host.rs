@@ -82,15 +82,7 @@ fn decode_loop<
         );
 
         // The same call on the pure kernel.
-        let g = Geometry {
-            batch: b,
-            heads: H,
-            head_dim: D,
-            new_tokens: s,
-            past_tokens: p,
-            subspaces: M,
-            centroids: K,
-        };
+        let g = Geometry::multi_head(b, H, D, s, p, M, K);
         let mut want_out = vec![0f32; b * s * e];
         let mut want_codes = vec![0u8; b * H * (p + s) * M];
         let mut want_values = vec![V::from_f32(0.0); b * H * (p + s) * D];

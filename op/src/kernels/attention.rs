@@ -1,8 +1,13 @@
 //! One call of LookatAttention: append the new tokens to the cache (keys as codes), then score
 //! every cached key through per-query lookup tables, softmax, and sum values.
 //!
-//! Prefill (S > 1) and decode (S = 1) are the same code path: query `s` sits at position `P + s`
-//! and sees the tokens `0..=P + s` that the mask allows.
+//! Work is split by (batch row, kv head): a task encodes that kv head's new keys once, then scores
+//! the queries of all its G query heads together, so each cache row is read once per call
+//! whatever G is. A task's queries are numbered `i = s·G + r` (new token `s`, query head
+//! `kv_head·G + r`): the queries scanned together sit at neighbouring positions.
+//!
+//! Prefill (S > 1) and decode (S = 1) are the same code path: a query of new token `s` sits at
+//! position `P + s` and sees the tokens `0..=P + s` that the mask allows.
 
 use std::ops::Range;
 
@@ -40,19 +45,19 @@ pub struct AttentionOptions {
 /// Flat, row-major input buffers; shapes are in [`Geometry`] and `docs/op-spec.md`.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionInputs<'a, V> {
-    /// `[B, S, H*D]`
+    /// `[B, S, H*D]` or `[B, H, S, D]` ([`Geometry::layout`])
     pub query: &'a [f32],
-    /// `[B, S, H*D]`
+    /// `[B, S, H_kv*D]` or `[B, H_kv, S, D]`
     pub key: &'a [f32],
-    /// `[B, S, H*D]`
+    /// `[B, S, H_kv*D]` or `[B, H_kv, S, D]`
     pub value: &'a [f32],
-    /// `[B, H, P, m]`
+    /// `[B, H_kv, P, m]`
     pub past_key_codes: &'a [u8],
-    /// `[B, H, P, D]`
+    /// `[B, H_kv, P, D]`
     pub past_value: &'a [V],
     /// `[B, P+S]`, nonzero = attend
     pub attention_mask: Option<&'a [i64]>,
-    /// `[H, m, K, D/m]`
+    /// `[H_kv, m, K, D/m]`
     pub codebooks: &'a [f32],
     /// `codebooks` already laid out for the kernels (the op does that once per session when
     /// they are an initializer); `None` lays them out in this call.
@@ -64,9 +69,9 @@ pub struct AttentionInputs<'a, V> {
 pub struct AttentionOutputs<'a, V> {
     /// `[B, S, H*D]`
     pub output: &'a mut [f32],
-    /// `[B, H, P+S, m]`
+    /// `[B, H_kv, P+S, m]`
     pub present_key_codes: &'a mut [u8],
-    /// `[B, H, P+S, D]`
+    /// `[B, H_kv, P+S, D]`
     pub present_value: &'a mut [V],
 }
 
@@ -100,7 +105,7 @@ fn check_len(name: &str, got: usize, want: usize) -> Result<(), LookatError> {
 }
 
 /// Runs one LookatAttention call. `par` decides on which threads the tasks run: one per
-/// (batch row, head), or per (batch row, head, token range) for short calls on few heads.
+/// (batch row, kv head), or per (batch row, kv head, token range) for short calls on few heads.
 pub fn lookat_attention<V: ValueElem>(
     g: &Geometry,
     opts: &AttentionOptions,
@@ -110,18 +115,23 @@ pub fn lookat_attention<V: ValueElem>(
 ) -> Result<(), LookatError> {
     let (b_n, h_n, d, s_n, p_n, m, k) = (
         g.batch,
-        g.heads,
+        g.kv_heads,
         g.head_dim,
         g.new_tokens,
         g.past_tokens,
         g.subspaces,
         g.centroids,
     );
+    if g.kv_heads == 0 || !g.heads.is_multiple_of(g.kv_heads) {
+        return Err(invalid(format!(
+            "num_kv_heads={} must divide num_heads={}",
+            g.kv_heads, g.heads
+        )));
+    }
     let t_n = g.total_tokens();
-    let e = g.hidden();
-    check_len("query", inp.query.len(), b_n * s_n * e)?;
-    check_len("key", inp.key.len(), b_n * s_n * e)?;
-    check_len("value", inp.value.len(), b_n * s_n * e)?;
+    check_len("query", inp.query.len(), g.query_len())?;
+    check_len("key", inp.key.len(), g.kv_len())?;
+    check_len("value", inp.value.len(), g.kv_len())?;
     check_len(
         "past_key_codes",
         inp.past_key_codes.len(),
@@ -132,7 +142,7 @@ pub fn lookat_attention<V: ValueElem>(
         check_len("attention_mask", mask.len(), b_n * t_n)?;
     }
     check_len("codebooks", inp.codebooks.len(), h_n * m * k * g.sub_dim())?;
-    check_len("output", out.output.len(), b_n * s_n * e)?;
+    check_len("output", out.output.len(), g.query_len())?;
     check_len(
         "present_key_codes",
         out.present_key_codes.len(),
@@ -147,7 +157,7 @@ pub fn lookat_attention<V: ValueElem>(
         if let Some(pos) = inp.past_key_codes.iter().position(|&c| c as usize >= k) {
             let (bh, rest) = (pos / (p_n * m), pos % (p_n * m));
             return Err(invalid(format!(
-                "input 'past_key_codes' holds code {} at [batch {}, head {}, token {}, subspace {}], \
+                "input 'past_key_codes' holds code {} at [batch {}, kv head {}, token {}, subspace {}], \
                  but the codebooks have only {k} centroids",
                 inp.past_key_codes[pos],
                 bh / h_n,
@@ -194,7 +204,8 @@ pub fn lookat_attention<V: ValueElem>(
         });
         return Ok(());
     }
-    let splits = if s_n <= QUERY_CHUNK {
+    let queries = s_n * g.group();
+    let splits = if queries <= QUERY_CHUNK {
         token_splits(tasks, t_n, par.parallelism())
     } else {
         1
@@ -206,35 +217,35 @@ pub fn lookat_attention<V: ValueElem>(
 
     // Split scan: tables first (per head), then token ranges in parallel, then a merge.
     let ranges = token_ranges(t_n, splits);
-    let table_len = s_n * m * k;
+    let table_len = queries * m * k;
     let mut tables = vec![0.0f32; tasks * table_len];
     let tables_out = DisjointWriter(tables.as_mut_ptr());
     par.run(tasks, &|bh| {
         call.write_new_tokens(bh);
         // SAFETY: task bh alone owns its tables.
         let tables = unsafe { tables_out.slice(bh * table_len, table_len) };
-        call.build_tables(bh, 0..s_n, tables);
+        call.build_tables(bh, 0..queries, tables);
     });
-    let mut partials = vec![OnlineSoftmax::new(d); tasks * ranges.len() * s_n];
+    let mut partials = vec![OnlineSoftmax::new(d); tasks * ranges.len() * queries];
     let partials_out = DisjointWriter(partials.as_mut_ptr());
     par.run(tasks * ranges.len(), &|task| {
         let (bh, range) = (task / ranges.len(), ranges[task % ranges.len()].clone());
-        // SAFETY: this task alone owns its s_n states.
-        let states = unsafe { partials_out.slice(task * s_n, s_n) };
-        // SAFETY: this task alone owns rows `range` of the [b, h] present block (the rows of
-        // new tokens among them were written in the first phase and are only read now).
+        // SAFETY: this task alone owns its states, one per query.
+        let states = unsafe { partials_out.slice(task * queries, queries) };
+        // SAFETY: this task alone owns rows `range` of the [b, kv head] present block (the rows
+        // of new tokens among them were written in the first phase and are only read now).
         let (codes, values) = unsafe { call.present(bh, range.clone()) };
         let tables = &tables[bh * table_len..][..table_len];
-        call.scan(bh, 0..s_n, tables, states, range, codes, values, true);
+        call.scan(bh, 0..queries, tables, states, range, codes, values, true);
     });
     for bh in 0..tasks {
-        for s in 0..s_n {
-            let mut state = partials[bh * ranges.len() * s_n + s].clone();
+        for i in 0..queries {
+            let mut state = partials[bh * ranges.len() * queries + i].clone();
             for r in 1..ranges.len() {
-                state.merge(&partials[(bh * ranges.len() + r) * s_n + s]);
+                state.merge(&partials[(bh * ranges.len() + r) * queries + i]);
             }
             // SAFETY: the pool has returned; this thread alone writes the output now.
-            state.finish(unsafe { call.output_row(bh, s) });
+            state.finish(unsafe { call.output_row(bh, i) });
         }
     }
     Ok(())
@@ -280,11 +291,28 @@ struct Call<'a, V> {
 unsafe impl<V: ValueElem> Sync for Call<'_, V> {}
 
 impl<V: ValueElem> Call<'_, V> {
-    /// Flat offset of row (batch b, new token s) of head h in the `[B, S, H·D]` inputs.
-    fn new_row(&self, bh: usize, s: usize) -> usize {
-        let g = &self.g;
-        let (b, h) = (bh / g.heads, bh % g.heads);
-        (b * g.new_tokens + s) * g.hidden() + h * g.head_dim
+    /// (batch row, kv head) of task `bh`.
+    fn task(&self, bh: usize) -> (usize, usize) {
+        (bh / self.g.kv_heads, bh % self.g.kv_heads)
+    }
+
+    /// (query head, new token) of query `i` of task `bh`: `i = s·G + r`.
+    fn query_of(&self, bh: usize, i: usize) -> (usize, usize) {
+        let group = self.g.group();
+        (self.task(bh).1 * group + i % group, i / group)
+    }
+
+    /// The D floats of query `i` of task `bh`.
+    fn query(&self, bh: usize, i: usize) -> &[f32] {
+        let (h, s) = self.query_of(bh, i);
+        let row = self.g.query_row(self.task(bh).0, h, s);
+        &self.inp.query[row..][..self.g.head_dim]
+    }
+
+    /// The D floats of this call's key (or value) of new token `s` for task `bh`.
+    fn new_kv<'x>(&self, source: &'x [f32], bh: usize, s: usize) -> &'x [f32] {
+        let (b, kv) = self.task(bh);
+        &source[self.g.kv_row(b, kv, s)..][..self.g.head_dim]
     }
 
     fn past_codes(&self, bh: usize) -> &[u8] {
@@ -297,7 +325,7 @@ impl<V: ValueElem> Call<'_, V> {
         &self.inp.past_value[bh * p * d..][..p * d]
     }
 
-    /// Rows `tokens` of the [b, h] block of the present codes and values.
+    /// Rows `tokens` of the [b, kv head] block of the present codes and values.
     ///
     /// # Safety
     /// No other live slice may overlap these rows.
@@ -305,7 +333,7 @@ impl<V: ValueElem> Call<'_, V> {
     unsafe fn present(&self, bh: usize, tokens: Range<usize>) -> (&mut [u8], &mut [V]) {
         let (t_n, m, d) = (self.g.total_tokens(), self.g.subspaces, self.g.head_dim);
         let n = tokens.len();
-        // SAFETY: inside the [B, H, T, ·] buffers; exclusivity guaranteed by the caller.
+        // SAFETY: inside the [B, H_kv, T, ·] buffers; exclusivity guaranteed by the caller.
         unsafe {
             (
                 self.codes_out.slice((bh * t_n + tokens.start) * m, n * m),
@@ -314,58 +342,64 @@ impl<V: ValueElem> Call<'_, V> {
         }
     }
 
+    /// The output row of query `i` of task `bh`.
+    ///
     /// # Safety
-    /// No other live slice may overlap row (b, s) of head h of the output.
+    /// No other live slice may overlap that row.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn output_row(&self, bh: usize, s: usize) -> &mut [f32] {
+    unsafe fn output_row(&self, bh: usize, i: usize) -> &mut [f32] {
+        let (h, s) = self.query_of(bh, i);
+        let row = self.g.output_row(self.task(bh).0, h, s);
         // SAFETY: D floats inside the output; exclusivity guaranteed by the caller.
-        unsafe { self.output.slice(self.new_row(bh, s), self.g.head_dim) }
+        unsafe { self.output.slice(row, self.g.head_dim) }
     }
 
-    /// Appends this call's tokens to the end of the [b, h] cache: codes of the keys, values.
+    /// Appends this call's tokens to the end of the [b, kv head] cache: codes of the keys, values.
     fn write_new_tokens(&self, bh: usize) {
         let g = &self.g;
         let (p_n, s_n, m, d) = (g.past_tokens, g.new_tokens, g.subspaces, g.head_dim);
-        let book = self.books.head(bh % g.heads);
-        // SAFETY: rows P.. of the [b, h] block belong to the task that calls this (once per call).
+        let book = self.books.head(self.task(bh).1);
+        // SAFETY: rows P.. of the [b, kv head] block belong to the task that calls this (once
+        // per call).
         let (codes, values) = unsafe { self.present(bh, p_n..p_n + s_n) };
-        let key = |s: usize| &self.inp.key[self.new_row(bh, s)..][..d];
-        book.encode_keys(s_n, key, &mut codes[..s_n * m]);
+        book.encode_keys(
+            s_n,
+            |s| self.new_kv(self.inp.key, bh, s),
+            &mut codes[..s_n * m],
+        );
         for s in 0..s_n {
-            let row = self.new_row(bh, s);
             for (dst, &v) in values[s * d..][..d]
                 .iter_mut()
-                .zip(&self.inp.value[row..][..d])
+                .zip(self.new_kv(self.inp.value, bh, s))
             {
                 *dst = V::from_f32(v);
             }
         }
     }
 
-    /// Lookup tables of queries `queries` of the [b, h] pair, `m·K` floats each.
+    /// Lookup tables of queries `queries` of task `bh`, `m·K` floats each.
     fn build_tables(&self, bh: usize, queries: Range<usize>, tables: &mut [f32]) {
-        let d = self.g.head_dim;
-        let book = self.books.head(bh % self.g.heads);
-        let query = |i: usize| &self.inp.query[self.new_row(bh, queries.start + i)..][..d];
+        let book = self.books.head(self.task(bh).1);
+        let query = |i: usize| self.query(bh, queries.start + i);
         book.build_luts(queries.len(), query, self.scale, tables);
     }
 
-    /// The whole of one (batch row, head): new tokens, then the queries chunk by chunk over the
-    /// full cache; the first chunk also copies the past into the present.
+    /// The whole of one (batch row, kv head): new tokens, then the queries of its G query heads
+    /// chunk by chunk over the full cache; the first chunk also copies the past into the present.
     fn run_head(&self, bh: usize) {
         let g = &self.g;
-        let (t_n, s_n, d, mk) = (
+        let (t_n, n_queries, d, mk) = (
             g.total_tokens(),
-            g.new_tokens,
+            g.new_tokens * g.group(),
             g.head_dim,
             g.subspaces * g.centroids,
         );
         self.write_new_tokens(bh);
-        // SAFETY: task bh alone owns the [b, h] block of the present tensors.
+        // SAFETY: task bh alone owns the [b, kv head] block of the present tensors.
         let (codes, values) = unsafe { self.present(bh, 0..t_n) };
-        let mut tables = vec![0.0f32; QUERY_CHUNK.min(s_n) * mk];
-        for first in (0..s_n).step_by(QUERY_CHUNK) {
-            let queries = first..(first + QUERY_CHUNK).min(s_n);
+        let mut tables = vec![0.0f32; QUERY_CHUNK.min(n_queries) * mk];
+        for first in (0..n_queries).step_by(QUERY_CHUNK) {
+            let queries = first..(first + QUERY_CHUNK).min(n_queries);
             let tables = &mut tables[..queries.len() * mk];
             self.build_tables(bh, queries.clone(), tables);
             let mut states = vec![OnlineSoftmax::new(d); queries.len()];
@@ -380,18 +414,18 @@ impl<V: ValueElem> Call<'_, V> {
                 values,
                 copy_past,
             );
-            for (s, state) in queries.zip(&states) {
-                // SAFETY: row (b, s) of head h: D floats that only task bh writes.
-                state.finish(unsafe { self.output_row(bh, s) });
+            for (i, state) in queries.zip(&states) {
+                // SAFETY: the output row of query i of task bh: D floats only this task writes.
+                state.finish(unsafe { self.output_row(bh, i) });
             }
         }
     }
 
-    /// Scores cache rows `tokens` of the [b, h] pair for `queries` (tables and states in the
-    /// same order) and folds them into the states. `codes` / `values` are those rows of the
-    /// present block; with `copy_past`, the past rows among them are copied there first — the
-    /// values by the first query's pass, which reads them anyway (query `s` sees rows
-    /// `..= P + s`, so the first query sees every past row).
+    /// Scores cache rows `tokens` of task `bh`'s [b, kv head] block for `queries` (tables and
+    /// states in the same order) and folds them into the states. `codes` / `values` are those
+    /// rows of the present block; with `copy_past`, the past rows among them are copied there
+    /// first — the values by the first query's pass, which reads them anyway (a query of new
+    /// token `s` sees rows `..= P + s`, so query 0 sees every past row).
     #[allow(clippy::too_many_arguments)]
     fn scan(
         &self,
@@ -417,7 +451,7 @@ impl<V: ValueElem> Call<'_, V> {
         let mask = self
             .inp
             .attention_mask
-            .map(|mk| &mk[(bh / g.heads) * t_n..][..t_n]);
+            .map(|mk| &mk[self.task(bh).0 * t_n..][..t_n]);
         let block_len = if queries.len() > 1 {
             SHARED_TOKEN_BLOCK
         } else {
@@ -431,13 +465,14 @@ impl<V: ValueElem> Call<'_, V> {
                 codes[(start - base) * m..(past_end - base) * m]
                     .copy_from_slice(&past_codes[start * m..past_end * m]);
             }
-            for (i, ((s, table), state)) in queries
+            for (n, ((i, table), state)) in queries
                 .clone()
                 .zip(tables.chunks_exact(m * k))
                 .zip(states.iter_mut())
                 .enumerate()
             {
-                let copying = copy_past && i == 0 && start < past_end;
+                let copying = copy_past && n == 0 && start < past_end;
+                let s = self.query_of(bh, i).1;
                 let stop = end.min(p_n + s + 1);
                 if stop <= start {
                     continue; // causal: no query of this chunk sees these rows (nor the past)
@@ -451,9 +486,9 @@ impl<V: ValueElem> Call<'_, V> {
                     block,
                 );
                 if self.exact_current {
-                    let query = &self.inp.query[self.new_row(bh, s)..][..d];
+                    let query = self.query(bh, i);
                     for t in start.max(p_n)..stop {
-                        let key = &self.inp.key[self.new_row(bh, t - p_n)..][..d];
+                        let key = self.new_kv(self.inp.key, bh, t - p_n);
                         block[t - start] =
                             self.scale * query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>();
                     }

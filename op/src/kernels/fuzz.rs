@@ -43,28 +43,40 @@ impl Bytes<'_> {
 /// Returns whether the call was accepted (for statistics); never panics by contract.
 pub fn fuzz_attention(data: &[u8]) -> bool {
     let mut b = Bytes(data);
-    let heads = b.small(4).max(1);
+    let kv_heads = b.small(4).max(1);
     let head_dim = [1, 2, 4, 8, 12, 16][b.small(5) as usize];
     let (batch, new, past) = (b.small(3), b.small(4), b.small(8));
     // The longest choice crosses several token blocks and, on few heads, the split threshold.
     let past = if past == 8 { 2100 } else { past };
     let subspaces = [1, 2, 3, 4, 8, 16][b.small(5) as usize];
     let centroids = [1, 2, 16, 255, 256, 257][b.small(5) as usize];
-    let e = heads * head_dim;
+    // Grouped-query attention (1 = multi-head) and the input layout.
+    let group = [1, 1, 2, 3][b.small(3) as usize];
+    let heads = kv_heads * group;
+    let head_major = b.byte() % 2 == 1;
     // Most shapes are consistent; a selector byte breaks one of them.
-    let mut q = vec![batch, new, e];
-    let mut k = q.clone();
-    let v = q.clone();
-    let mut pc = vec![batch, heads, past, subspaces];
-    let mut pv = vec![batch, heads, past, head_dim];
+    let (mut q, mut k) = if head_major {
+        (
+            vec![batch, heads, new, head_dim],
+            vec![batch, kv_heads, new, head_dim],
+        )
+    } else {
+        (
+            vec![batch, new, heads * head_dim],
+            vec![batch, new, kv_heads * head_dim],
+        )
+    };
+    let v = k.clone();
+    let mut pc = vec![batch, kv_heads, past, subspaces];
+    let mut pv = vec![batch, kv_heads, past, head_dim];
     let mut mask = vec![batch, past + new];
     let sub = if subspaces > 0 {
         head_dim / subspaces
     } else {
         0
     };
-    let mut cb = vec![heads, subspaces, centroids, sub];
-    match b.byte() % 12 {
+    let mut cb = vec![kv_heads, subspaces, centroids, sub];
+    match b.byte() % 13 {
         0 => q[2] += 1,
         1 => k[1] += 1,
         2 => pc[2] += 1,
@@ -75,8 +87,15 @@ pub fn fuzz_attention(data: &[u8]) -> bool {
         7 => q.push(1),
         8 => pc[3] = -1,
         9 => mask[1] = i64::MAX,
+        10 => q[1] += 1,
         _ => {}
     }
+    // A head count the kv heads do not divide, now and then.
+    let num_kv_heads = if b.byte() % 11 == 0 {
+        kv_heads + 1
+    } else {
+        kv_heads
+    };
     let with_mask = b.byte() % 2 == 0;
     let shapes = ShapeInputs {
         query: &q,
@@ -87,7 +106,7 @@ pub fn fuzz_attention(data: &[u8]) -> bool {
         attention_mask: with_mask.then_some(mask.as_slice()),
         codebooks: &cb,
     };
-    let Ok(g) = Geometry::from_shapes(&shapes, heads) else {
+    let Ok(g) = Geometry::from_shapes(&shapes, heads, num_kv_heads) else {
         return false;
     };
     let count = |s: &[i64]| s.iter().map(|&d| d.max(0) as usize).product::<usize>();
@@ -110,8 +129,8 @@ pub fn fuzz_attention(data: &[u8]) -> bool {
     let skew = (b.byte() % 7 == 0) as usize;
     let workers = SerialReporting(1 + b.byte() as usize % 4);
     let mut output = vec![0f32; g.batch * g.new_tokens * g.hidden() + skew];
-    let mut codes = vec![0u8; g.batch * g.heads * t * g.subspaces];
-    let mut values = vec![0f32; g.batch * g.heads * t * g.head_dim];
+    let mut codes = vec![0u8; g.batch * g.kv_heads * t * g.subspaces];
+    let mut values = vec![0f32; g.batch * g.kv_heads * t * g.head_dim];
     lookat_attention(
         &g,
         &opts,

@@ -25,11 +25,25 @@ pub(crate) fn invalid(msg: impl Into<String>) -> LookatError {
     LookatError::InvalidArgument(msg.into())
 }
 
-/// Every size of one call. `head_dim = subspaces * sub_dim`.
+/// How the new tokens' query/key/value rows are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// `[B, S, heads·D]`: heads side by side (GPT-2's fused QKV split).
+    #[default]
+    TokenMajor,
+    /// `[B, heads, S, D]`: head-major, what exporters produce after rotary embeddings.
+    HeadMajor,
+}
+
+/// Every size of one call. `head_dim = subspaces * sub_dim`; query head `h` reads kv head
+/// `h / (heads / kv_heads)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
     pub batch: usize,
+    /// H: query heads.
     pub heads: usize,
+    /// H_kv: key/value heads, dividing `heads` (equal for multi-head attention).
+    pub kv_heads: usize,
     pub head_dim: usize,
     /// S: tokens arriving in this call.
     pub new_tokens: usize,
@@ -39,6 +53,8 @@ pub struct Geometry {
     pub subspaces: usize,
     /// K: centroids per subspace (at most 256, so a code fits a byte).
     pub centroids: usize,
+    /// Layout of the query, key and value inputs.
+    pub layout: Layout,
 }
 
 /// The shapes of the inputs, as ONNX Runtime reports them.
@@ -80,43 +96,143 @@ fn dims(name: &str, shape: &[i64], rank: usize, layout: &str) -> Result<Vec<usiz
 }
 
 impl Geometry {
+    /// Multi-head attention over `[B, S, H·D]` rows (kv heads = heads).
+    #[allow(clippy::too_many_arguments)]
+    pub fn multi_head(
+        batch: usize,
+        heads: usize,
+        head_dim: usize,
+        new_tokens: usize,
+        past_tokens: usize,
+        subspaces: usize,
+        centroids: usize,
+    ) -> Geometry {
+        Geometry {
+            batch,
+            heads,
+            kv_heads: heads,
+            head_dim,
+            new_tokens,
+            past_tokens,
+            subspaces,
+            centroids,
+            layout: Layout::TokenMajor,
+        }
+    }
+
     pub fn sub_dim(&self) -> usize {
         self.head_dim / self.subspaces
     }
+    /// Width of the output rows, `H·D`.
     pub fn hidden(&self) -> usize {
         self.heads * self.head_dim
+    }
+    /// G: query heads per kv head.
+    pub fn group(&self) -> usize {
+        self.heads / self.kv_heads.max(1)
     }
     /// T = P + S: tokens in the present cache.
     pub fn total_tokens(&self) -> usize {
         self.past_tokens + self.new_tokens
     }
+    /// Elements of the query input.
+    pub fn query_len(&self) -> usize {
+        self.batch * self.new_tokens * self.heads * self.head_dim
+    }
+    /// Elements of the key (and value) input.
+    pub fn kv_len(&self) -> usize {
+        self.batch * self.new_tokens * self.kv_heads * self.head_dim
+    }
+    /// Offset of the D floats of (batch `b`, head `h`, new token `s`) in an input of `heads`
+    /// heads.
+    fn row(&self, b: usize, h: usize, heads: usize, s: usize) -> usize {
+        let (s_n, d) = (self.new_tokens, self.head_dim);
+        match self.layout {
+            Layout::TokenMajor => ((b * s_n + s) * heads + h) * d,
+            Layout::HeadMajor => ((b * heads + h) * s_n + s) * d,
+        }
+    }
+    /// Offset of query head `h`'s row for new token `s` of batch row `b`.
+    pub fn query_row(&self, b: usize, h: usize, s: usize) -> usize {
+        self.row(b, h, self.heads, s)
+    }
+    /// Offset of kv head `g`'s key (or value) row for new token `s` of batch row `b`.
+    pub fn kv_row(&self, b: usize, g: usize, s: usize) -> usize {
+        self.row(b, g, self.kv_heads, s)
+    }
+    /// Offset of query head `h`'s output row for new token `s` of batch row `b` (`[B, S, H·D]`).
+    pub fn output_row(&self, b: usize, h: usize, s: usize) -> usize {
+        ((b * self.new_tokens + s) * self.heads + h) * self.head_dim
+    }
 
-    /// Checks every input shape against the others and against `num_heads`.
-    pub fn from_shapes(s: &ShapeInputs<'_>, num_heads: i64) -> Result<Geometry, LookatError> {
+    /// Checks every input shape against the others and against the head counts.
+    pub fn from_shapes(
+        s: &ShapeInputs<'_>,
+        num_heads: i64,
+        num_kv_heads: i64,
+    ) -> Result<Geometry, LookatError> {
         if num_heads < 1 {
             return Err(invalid(format!(
                 "attribute 'num_heads' must be >= 1, got {num_heads}"
             )));
         }
-        let heads = num_heads as usize;
-        let q = dims(
-            "query",
-            s.query,
-            3,
-            "[batch, new_tokens, num_heads*head_dim]",
-        )?;
-        let (batch, new_tokens, hidden) = (q[0], q[1], q[2]);
-        if hidden == 0 || !hidden.is_multiple_of(heads) {
+        if num_kv_heads < 1 || num_heads % num_kv_heads != 0 {
             return Err(invalid(format!(
-                "input 'query' last dimension {hidden} is not a positive multiple of num_heads={heads}"
+                "attribute 'num_kv_heads' must be >= 1 and divide num_heads={num_heads}, got {num_kv_heads}"
             )));
         }
-        let head_dim = hidden / heads;
+        let (heads, kv_heads) = (num_heads as usize, num_kv_heads as usize);
+        let (layout, batch, new_tokens, head_dim) = match s.query.len() {
+            3 => {
+                let q = dims(
+                    "query",
+                    s.query,
+                    3,
+                    "[batch, new_tokens, num_heads*head_dim]",
+                )?;
+                if q[2] == 0 || !q[2].is_multiple_of(heads) {
+                    return Err(invalid(format!(
+                        "input 'query' last dimension {} is not a positive multiple of num_heads={heads}",
+                        q[2]
+                    )));
+                }
+                (Layout::TokenMajor, q[0], q[1], q[2] / heads)
+            }
+            4 => {
+                let q = dims(
+                    "query",
+                    s.query,
+                    4,
+                    "[batch, num_heads, new_tokens, head_dim]",
+                )?;
+                if q[1] != heads || q[3] == 0 {
+                    return Err(invalid(format!(
+                        "input 'query' shape {:?} must be [batch, num_heads={heads}, new_tokens, head_dim > 0]",
+                        s.query
+                    )));
+                }
+                (Layout::HeadMajor, q[0], q[2], q[3])
+            }
+            _ => return Err(invalid(format!(
+                "input 'query' must have rank 3 [batch, new_tokens, num_heads*head_dim] or rank 4 \
+                     [batch, num_heads, new_tokens, head_dim], got shape {:?}",
+                s.query
+            ))),
+        };
+        let want: Vec<usize> = match layout {
+            Layout::TokenMajor => vec![batch, new_tokens, kv_heads * head_dim],
+            Layout::HeadMajor => vec![batch, kv_heads, new_tokens, head_dim],
+        };
+        let want_text = match layout {
+            Layout::TokenMajor => "[batch, new_tokens, num_kv_heads*head_dim]",
+            Layout::HeadMajor => "[batch, num_kv_heads, new_tokens, head_dim]",
+        };
         for (name, shape) in [("key", s.key), ("value", s.value)] {
-            let d = dims(name, shape, 3, "[batch, new_tokens, num_heads*head_dim]")?;
-            if d != q {
+            let d = dims(name, shape, want.len(), want_text)?;
+            if d != want {
                 return Err(invalid(format!(
-                    "input '{name}' shape {shape:?} differs from 'query' shape {:?}",
+                    "input '{name}' shape {shape:?} must be {want:?} {want_text} for query shape {:?} \
+                     and num_kv_heads={kv_heads}",
                     s.query
                 )));
             }
@@ -126,12 +242,12 @@ impl Geometry {
             "codebooks",
             s.codebooks,
             4,
-            "[num_heads, subspaces, centroids, head_dim/subspaces]",
+            "[num_kv_heads, subspaces, centroids, head_dim/subspaces]",
         )?;
         let (cb_heads, subspaces, centroids, sub_dim) = (cb[0], cb[1], cb[2], cb[3]);
-        if cb_heads != heads {
+        if cb_heads != kv_heads {
             return Err(invalid(format!(
-                "input 'codebooks' has {cb_heads} heads (shape {:?}), the node has num_heads={heads}",
+                "input 'codebooks' has {cb_heads} heads (shape {:?}), the node has num_kv_heads={kv_heads}",
                 s.codebooks
             )));
         }
@@ -154,11 +270,11 @@ impl Geometry {
             "past_key_codes",
             s.past_key_codes,
             4,
-            "[batch, num_heads, past_tokens, subspaces]",
+            "[batch, num_kv_heads, past_tokens, subspaces]",
         )?;
-        if pc[0] != batch || pc[1] != heads || pc[3] != subspaces {
+        if pc[0] != batch || pc[1] != kv_heads || pc[3] != subspaces {
             return Err(invalid(format!(
-                "input 'past_key_codes' shape {:?} must be [batch={batch}, num_heads={heads}, past_tokens, subspaces={subspaces}]",
+                "input 'past_key_codes' shape {:?} must be [batch={batch}, num_kv_heads={kv_heads}, past_tokens, subspaces={subspaces}]",
                 s.past_key_codes
             )));
         }
@@ -167,11 +283,11 @@ impl Geometry {
             "past_value",
             s.past_value,
             4,
-            "[batch, num_heads, past_tokens, head_dim]",
+            "[batch, num_kv_heads, past_tokens, head_dim]",
         )?;
-        if pv[0] != batch || pv[1] != heads || pv[3] != head_dim {
+        if pv[0] != batch || pv[1] != kv_heads || pv[3] != head_dim {
             return Err(invalid(format!(
-                "input 'past_value' shape {:?} must be [batch={batch}, num_heads={heads}, past_tokens, head_dim={head_dim}]",
+                "input 'past_value' shape {:?} must be [batch={batch}, num_kv_heads={kv_heads}, past_tokens, head_dim={head_dim}]",
                 s.past_value
             )));
         }
@@ -200,19 +316,21 @@ impl Geometry {
         let g = Geometry {
             batch,
             heads,
+            kv_heads,
             head_dim,
             new_tokens,
             past_tokens,
             subspaces,
             centroids,
+            layout,
         };
-        // Present tensors must be addressable too.
-        dims(
-            "present_value",
-            &[batch as i64, heads as i64, total as i64, head_dim as i64],
-            4,
-            "",
-        )?;
+        // Present tensors and the output must be addressable too.
+        for (name, shape) in [
+            ("present_value", [batch, kv_heads, total, head_dim]),
+            ("output", [batch, new_tokens, heads, head_dim]),
+        ] {
+            dims(name, &shape.map(|d| d as i64), 4, "")?;
+        }
         Ok(g)
     }
 }

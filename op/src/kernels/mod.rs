@@ -12,7 +12,7 @@ mod value;
 pub use adc::adc_scores;
 pub use attention::{lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs};
 pub use codebook::{argmin, PreparedCodebook, PreparedCodebooks, ENCODE_TIE_BOUND};
-pub use geometry::{Geometry, LookatError, ShapeInputs};
+pub use geometry::{Geometry, Layout, LookatError, ShapeInputs};
 pub use softmax::OnlineSoftmax;
 pub use value::ValueElem;
 

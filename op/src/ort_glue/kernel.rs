@@ -25,6 +25,7 @@ pub(crate) struct LookatKernel {
     /// "LookatAttention node 'name'", the prefix of every message.
     node: String,
     num_heads: i64,
+    num_kv_heads: i64,
     options: AttentionOptions,
     value_type: ONNXTensorElementDataType,
     /// The codebooks checked and laid out once at creation, when they are an initializer.
@@ -84,6 +85,20 @@ impl LookatKernel {
                 "{node}: attribute 'num_heads' must be >= 1, got {num_heads}"
             ));
         }
+        let mut num_kv_heads = num_heads;
+        // SAFETY: info is valid; the name is a C string. Absent means num_heads.
+        let _ = api.is_ok(unsafe {
+            (raw.KernelInfoGetAttribute_int64)(
+                info,
+                c_name(attr::NUM_KV_HEADS).as_ptr(),
+                &mut num_kv_heads,
+            )
+        });
+        if num_kv_heads < 1 || num_heads % num_kv_heads != 0 {
+            return Err(format!(
+                "{node}: attribute 'num_kv_heads' must be >= 1 and divide num_heads={num_heads}, got {num_kv_heads}"
+            ));
+        }
         let mut scale = 0f32;
         // SAFETY: as above.
         let scale = api
@@ -117,6 +132,7 @@ impl LookatKernel {
             api,
             node,
             num_heads,
+            num_kv_heads,
             options: AttentionOptions {
                 scale,
                 exact_current: exact_current == 1,
@@ -154,14 +170,14 @@ impl LookatKernel {
         expect_type(input::name(input::CODEBOOKS), &info, FLOAT)?;
         let shape = CodebookShape::from_dims(&info.shape).ok_or_else(|| {
             format!(
-                "input 'codebooks' must have rank 4 [num_heads, subspaces, centroids, head_dim/subspaces], got shape {:?}",
+                "input 'codebooks' must have rank 4 [num_kv_heads, subspaces, centroids, head_dim/subspaces], got shape {:?}",
                 info.shape
             )
         })?;
-        if shape.heads as i64 != self.num_heads {
+        if shape.heads as i64 != self.num_kv_heads {
             return Err(format!(
-                "input 'codebooks' has {} heads (shape {:?}), the node has num_heads={}",
-                shape.heads, info.shape, self.num_heads
+                "input 'codebooks' has {} heads (shape {:?}), the node has num_kv_heads={}",
+                shape.heads, info.shape, self.num_kv_heads
             ));
         }
         if !(1..=lookat_contract::MAX_CENTROIDS).contains(&shape.centroids) {
@@ -272,10 +288,13 @@ impl LookatKernel {
         let (past_codes, past_value) = match (past_codes_in, past_value_in) {
             (Some(c), Some(v)) => (c, v),
             (None, None) => {
-                let (b, e) = (query.1.shape.first().copied().unwrap_or(0), query.1.shape.last().copied().unwrap_or(0));
+                // Shapes of an empty past for this query ([B, S, H·D] or [B, H, S, D]);
+                // Geometry::from_shapes checks the query itself.
+                let q = &query.1.shape;
+                let (b, last) = (q.first().copied().unwrap_or(0), q.last().copied().unwrap_or(0));
+                let d = if q.len() == 4 { last } else { last / self.num_heads };
                 let m = codebooks.1.shape.get(1).copied().unwrap_or(0);
-                let d = if self.num_heads > 0 { e / self.num_heads } else { 0 };
-                let empty = |elem, last| (std::ptr::null::<OrtValue>(), TensorInfo { elem, shape: vec![b, self.num_heads, 0, last] });
+                let empty = |elem, last| (std::ptr::null::<OrtValue>(), TensorInfo { elem, shape: vec![b, self.num_kv_heads, 0, last] });
                 (empty(UINT8, m), empty(self.value_type, d))
             }
             _ => {
@@ -311,6 +330,7 @@ impl LookatKernel {
                 codebooks: &codebooks.1.shape,
             },
             self.num_heads,
+            self.num_kv_heads,
         )?;
         let per_call;
         let prepared = match &self.prepared {
@@ -325,8 +345,8 @@ impl LookatKernel {
         let t_n = g.total_tokens() as i64;
         let out_shapes: [Vec<i64>; 3] = [
             vec![g.batch as i64, g.new_tokens as i64, g.hidden() as i64],
-            vec![g.batch as i64, g.heads as i64, t_n, g.subspaces as i64],
-            vec![g.batch as i64, g.heads as i64, t_n, g.head_dim as i64],
+            vec![g.batch as i64, g.kv_heads as i64, t_n, g.subspaces as i64],
+            vec![g.batch as i64, g.kv_heads as i64, t_n, g.head_dim as i64],
         ];
         let mut out_values = [std::ptr::null_mut::<OrtValue>(); 3];
         for (i, shape) in out_shapes.iter().enumerate() {
