@@ -179,6 +179,19 @@ class Graph:
                 stack.extend(self.cons[o])
         return seen
 
+    def desc_data(self, nodes):
+        """Descendants through data edges only (not through shape-ish tensors such as Slice ends from Shape)."""
+        seen, stack = set(), list(nodes)
+        while stack:
+            n = stack.pop()
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            for o in n.output:
+                if o not in self.shapeish:
+                    stack.extend(self.cons[o])
+        return seen
+
     def sval(self, name, depth=0):
         """Value of a shape-ish tensor as a list/scalar of ints and dim names ('?' when unknown)."""
         a = self.const(name)
@@ -319,6 +332,9 @@ def llama_block(path):
             p = G.prod.get(i)
             if i in G.inputs:
                 names[i] = i
+            elif p is not None and id(p) in mask_desc:  # (checked first: shapes may come from position_ids)
+                names[i] = f"%mask{len(ext['mask'])}"
+                ext["mask"].append(i)
             elif p is not None and id(p) in pos_desc:
                 kind = {"Cos": "cos", "Sin": "sin"}.get(p.op_type)
                 if kind is None:
@@ -327,9 +343,6 @@ def llama_block(path):
                     kind = "cos" if "Cos" in has and "Sin" not in has else "sin" if "Sin" in has and "Cos" not in has else "rope"
                 names[i] = f"%{kind}{len([v for v in names.values() if v.startswith('%' + kind)])}"
                 ext["cos/sin"].append(i)
-            elif p is not None and id(p) in mask_desc:
-                names[i] = f"%mask{len(ext['mask'])}"
-                ext["mask"].append(i)
             else:
                 names[i] = "%x" if not any(v == "%x" for v in names.values()) else f"%in{len(names)}"
     lines = []
@@ -407,7 +420,7 @@ def llama_block(path):
     def path_ops(src, dst):
         if src is None:
             return []
-        ids = G.desc([src]) & (G.anc(dst.input) | {id(dst)})
+        ids = G.desc_data([src]) & (G.anc(dst.input) | {id(dst)})
         out = []
         for n in G.nodes:
             if id(n) in ids and not all(o in G.shapeish for o in n.output):
