@@ -35,6 +35,10 @@ pub struct CalibrateOptions {
     pub rewritten: PathBuf,
     pub output: PathBuf,
     pub texts: Vec<PathBuf>,
+    /// Token ids to calibrate on instead of `texts` (a `--token-ids` file).
+    pub token_ids: Option<PathBuf>,
+    /// A Hugging Face tokenizer.json for `texts` (default: GPT-2's BPE).
+    pub tokenizer: Option<PathBuf>,
     pub tokens: usize,
     pub window: usize,
     pub batch: usize,
@@ -80,13 +84,17 @@ pub fn progress_bar(quiet: bool, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// Tokens of the calibration files, an equal share of `limit` from each (an end-of-text token
-/// between files), and a hash of the bytes read.
-pub fn tokenize_corpus(texts: &[PathBuf], limit: usize, quiet: bool) -> Result<(Vec<u32>, String)> {
+/// Tokens of the calibration files, an equal share of `limit` from each (the tokenizer's
+/// document separator, when it has one, between files), and a hash of the bytes read.
+pub fn tokenize_corpus(
+    tokenizer: &tokenizer::Tokenizer,
+    texts: &[PathBuf],
+    limit: usize,
+    quiet: bool,
+) -> Result<(Vec<u32>, String)> {
     if texts.is_empty() {
-        bail!("give at least one calibration text file (--text FILE)");
+        bail!("give at least one calibration text file (--text FILE) or --token-ids FILE");
     }
-    let bpe = tokenizer::gpt2()?;
     let bar = progress_bar(quiet, "tokenize");
     bar.set_length(texts.len() as u64);
     let share = limit.div_ceil(texts.len());
@@ -97,17 +105,41 @@ pub fn tokenize_corpus(texts: &[PathBuf], limit: usize, quiet: bool) -> Result<(
             .with_context(|| format!("cannot read calibration text '{}'", path.display()))?;
         hash.update(text.as_bytes());
         if !tokens.is_empty() {
-            tokens.push(tokenizer::END_OF_TEXT);
+            tokens.extend(tokenizer.separator());
         }
-        let mut ids = tokenizer::encode(&bpe, &text);
+        let mut ids = tokenizer.encode(&text)?;
         ids.truncate(share);
         tokens.extend(ids);
         bar.inc(1);
     }
     bar.finish_and_clear();
     tokens.truncate(limit);
-    let digest = hash.finalize();
-    Ok((tokens, digest.iter().map(|b| format!("{b:02x}")).collect()))
+    Ok((tokens, hex(&hash.finalize())))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The calibration tokens of `opts`: its `--token-ids` file (at most `tokens` of them), else its
+/// texts through its tokenizer. Returns the tokens, the corpus hash and the tokenizer's name.
+pub fn calibration_tokens(opts: &CalibrateOptions) -> Result<(Vec<u32>, String, String)> {
+    if let Some(path) = &opts.token_ids {
+        if !opts.texts.is_empty() {
+            bail!("give calibration --text files or --token-ids, not both");
+        }
+        let mut ids = tokenizer::read_token_ids(path)?;
+        ids.truncate(opts.tokens);
+        let bytes = std::fs::read(path)?;
+        return Ok((
+            ids,
+            hex(&Sha256::digest(&bytes)),
+            format!("token ids from {}", path.display()),
+        ));
+    }
+    let tok = tokenizer::Tokenizer::load(opts.tokenizer.as_deref())?;
+    let (ids, sha) = tokenize_corpus(&tok, &opts.texts, opts.tokens, opts.quiet)?;
+    Ok((ids, sha, tok.name()))
 }
 
 /// Codebooks of every layer (`[H, m, K, D/m]` each), one k-means job per (layer, head, subspace).
@@ -224,7 +256,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
     let layers = lookat_layers(&model)?;
     let original = io::load(&opts.original)?;
     collect::check_original(&original, &opts.original, &layers)?;
-    let (tokens, corpus_sha256) = tokenize_corpus(&opts.texts, opts.tokens, opts.quiet)?;
+    let (tokens, corpus_sha256, tokenizer_name) = calibration_tokens(opts)?;
 
     let env = runtime::init(opts.ort_lib.as_deref())?;
     let bar = progress_bar(opts.quiet, "forward");
@@ -265,6 +297,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
         (metadata::ITERS, opts.iters.to_string()),
         (metadata::RESERVOIR, opts.reservoir.to_string()),
         (metadata::CORPUS_SHA256, corpus_sha256.clone()),
+        (metadata::TOKENIZER, tokenizer_name),
         (
             metadata::TOOL_VERSION,
             format!("lookat-calibrate {}", env!("CARGO_PKG_VERSION")),

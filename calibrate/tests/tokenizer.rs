@@ -59,13 +59,30 @@ const CASES: &[(&str, &str, &[u32])] = &[
 
 #[test]
 fn encodes_and_decodes_like_the_python_tokenizer() {
-    let bpe = tokenizer::gpt2().expect("r50k_base is embedded in tiktoken-rs");
+    let bpe = tokenizer::Tokenizer::gpt2().expect("r50k_base is embedded in tiktoken-rs");
     for (name, text, ids) in CASES {
-        assert_eq!(tokenizer::encode(&bpe, text), ids.to_vec(), "{name}");
-        assert_eq!(tokenizer::decode(&bpe, ids), *text, "{name}");
+        assert_eq!(bpe.encode(text).unwrap(), ids.to_vec(), "{name}");
+        assert_eq!(bpe.decode(ids), *text, "{name}");
     }
+    assert_eq!(bpe.decode(&[tokenizer::END_OF_TEXT]), "<|endoftext|>");
+    assert_eq!(bpe.separator(), Some(tokenizer::END_OF_TEXT));
+}
+
+#[test]
+fn token_id_files_are_read_and_bad_entries_named() {
+    let dir = std::env::temp_dir().join(format!("lookat-token-ids-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("ids.txt");
+    std::fs::write(&good, "1 2, 3\n40000\t5\n").unwrap();
     assert_eq!(
-        tokenizer::decode(&bpe, &[tokenizer::END_OF_TEXT]),
-        "<|endoftext|>"
+        tokenizer::read_token_ids(&good).unwrap(),
+        vec![1, 2, 3, 40000, 5]
     );
+    let bad = dir.join("bad.txt");
+    std::fs::write(&bad, "1 2 x3").unwrap();
+    let err = format!("{:#}", tokenizer::read_token_ids(&bad).unwrap_err());
+    assert!(err.contains("entry 2 ('x3')"), "{err}");
+    std::fs::write(&bad, " \n").unwrap();
+    assert!(format!("{:#}", tokenizer::read_token_ids(&bad).unwrap_err()).contains("no token ids"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -207,6 +207,7 @@ pub mod metadata {
     pub const ITERS: &str = "lookat.iters";
     pub const RESERVOIR: &str = "lookat.reservoir";
     pub const CORPUS_SHA256: &str = "lookat.corpus_sha256";
+    pub const TOKENIZER: &str = "lookat.tokenizer";
     pub const TOOL_VERSION: &str = "lookat.tool_version";
 }
 
@@ -408,6 +409,7 @@ pub fn json() -> String {
         metadata::ITERS,
         metadata::RESERVOIR,
         metadata::CORPUS_SHA256,
+        metadata::TOKENIZER,
         metadata::TOOL_VERSION,
     ]
     .map(json_str)

@@ -47,6 +47,8 @@ fn options(rewritten: &Path, output: PathBuf, threads: usize) -> CalibrateOption
                 )
             })
             .to_vec(),
+        token_ids: None,
+        tokenizer: None,
         tokens: 3000,
         window: 128,
         batch: 2,

@@ -20,14 +20,20 @@ struct Cli {
     /// Where to write the calibrated model (atomic write; never one of the inputs).
     #[arg(short, long)]
     output: PathBuf,
-    /// Calibration text files (UTF-8), tokenized with GPT-2's BPE; each file contributes an equal
-    /// share of --tokens.
-    #[arg(long = "text", value_name = "FILE", required = true, num_args = 1..)]
+    /// Calibration text files (UTF-8); each file contributes an equal share of --tokens.
+    #[arg(long = "text", value_name = "FILE", num_args = 1.., required_unless_present = "token_ids")]
     texts: Vec<PathBuf>,
+    /// The model's tokenizer (a Hugging Face tokenizer.json) for --text; default: GPT-2's BPE.
+    #[arg(long, value_name = "tokenizer.json")]
+    tokenizer: Option<PathBuf>,
+    /// Calibrate on these token ids (integers separated by spaces, newlines or commas) instead of
+    /// --text.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["texts", "tokenizer"])]
+    token_ids: Option<PathBuf>,
     /// Calibration tokens to use (at most).
     #[arg(long, default_value_t = 50_000)]
     tokens: usize,
-    /// Tokens per forward window (at most the model's n_positions).
+    /// Tokens per forward window (at most the model's position limit, checked).
     #[arg(long, default_value_t = 256)]
     window: usize,
     /// Windows per forward pass.
@@ -64,6 +70,8 @@ fn main() -> ExitCode {
         rewritten: cli.rewritten,
         output: cli.output.clone(),
         texts: cli.texts,
+        token_ids: cli.token_ids,
+        tokenizer: cli.tokenizer,
         tokens: cli.tokens,
         window: cli.window,
         batch: cli.batch,

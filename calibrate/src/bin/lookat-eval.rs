@@ -9,7 +9,8 @@ use lookat_calibrate::collect::{collect_keys, CollectOptions, Probe};
 use lookat_calibrate::decode::{teacher_forced, Decoder};
 use lookat_calibrate::eval::{head_metrics, Metrics, Scheme};
 use lookat_calibrate::model::{lookat_layers, write_codebooks, LookatLayer};
-use lookat_calibrate::{learn_codebooks, progress_bar, runtime, tokenize_corpus, tokenizer};
+use lookat_calibrate::tokenizer::Tokenizer;
+use lookat_calibrate::{learn_codebooks, progress_bar, runtime, tokenize_corpus};
 use lookat_contract::{CacheBytes, CodebookShape};
 use lookat_op::kernels::PreparedCodebook;
 
@@ -28,6 +29,9 @@ struct Cli {
     /// Held-out text files, one per domain (named by their file stem).
     #[arg(long = "eval-text", num_args = 1.., required = true)]
     eval_texts: Vec<PathBuf>,
+    /// The model's tokenizer (a Hugging Face tokenizer.json); default: GPT-2's BPE.
+    #[arg(long, value_name = "tokenizer.json")]
+    tokenizer: Option<PathBuf>,
     #[arg(long, default_value = "out/eval")]
     out: PathBuf,
     #[arg(long, default_value_t = 30_000)]
@@ -110,7 +114,8 @@ fn run(cli: &Cli) -> Result<()> {
     let (n_layers, heads, d) = (base.len(), base[0].heads(), base[0].head_dim());
 
     // 1. Codebooks for every m, from the same calibration keys.
-    let (calib, corpus_sha) = tokenize_corpus(&cli.calib_texts, cli.calib_tokens, cli.quiet)?;
+    let tok = Tokenizer::load(cli.tokenizer.as_deref())?;
+    let (calib, corpus_sha) = tokenize_corpus(&tok, &cli.calib_texts, cli.calib_tokens, cli.quiet)?;
     let bar = progress_bar(cli.quiet, "forward");
     let keys = collect_keys(
         env,
@@ -157,7 +162,6 @@ fn run(cli: &Cli) -> Result<()> {
         .collect();
 
     // 2. Attention-level metrics on held-out windows.
-    let bpe = tokenizer::gpt2()?;
     let domains: Vec<(String, Vec<u32>)> = cli
         .eval_texts
         .iter()
@@ -168,7 +172,7 @@ fn run(cli: &Cli) -> Result<()> {
                 p.file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default(),
-                tokenizer::encode(&bpe, &text),
+                tok.encode(&text)?,
             ))
         })
         .collect::<Result<_>>()?;

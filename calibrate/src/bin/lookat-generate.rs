@@ -1,10 +1,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
+use lookat_calibrate::collect::ModelLimits;
 use lookat_calibrate::decode::{argmax, teacher_forced, Decoder};
-use lookat_calibrate::{runtime, tokenizer};
+use lookat_calibrate::runtime;
+use lookat_calibrate::tokenizer::{self, Tokenizer};
 
 /// Greedy generation with the original and the calibrated model side by side, then
 /// teacher-forced decoding of held-out text through the cache path of both: perplexity,
@@ -24,9 +26,16 @@ struct Cli {
     /// Tokens to generate.
     #[arg(long, default_value_t = 32)]
     new_tokens: usize,
+    /// The model's tokenizer (a Hugging Face tokenizer.json); default: GPT-2's BPE.
+    #[arg(long, value_name = "tokenizer.json")]
+    tokenizer: Option<PathBuf>,
     /// Held-out text for the teacher-forced comparison (skipped when absent).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "eval_token_ids")]
     eval_text: Option<PathBuf>,
+    /// Held-out token ids (integers separated by spaces, newlines or commas) instead of
+    /// --eval-text.
+    #[arg(long, value_name = "FILE")]
+    eval_token_ids: Option<PathBuf>,
     /// Tokens of held-out text to decode (one decode step each, from an empty cache).
     #[arg(long, default_value_t = 512)]
     eval_tokens: usize,
@@ -64,11 +73,13 @@ fn run(cli: &Cli) -> Result<()> {
         Some(&plugin),
         cli.threads,
     )?)?;
-    let bpe = tokenizer::gpt2()?;
-    let prompt = tokenizer::encode(&bpe, &cli.prompt);
+    let tok = Tokenizer::load(cli.tokenizer.as_deref())?;
+    let prompt = tok.encode(&cli.prompt)?;
     if prompt.is_empty() {
         bail!("the prompt is empty");
     }
+    let limits = ModelLimits::read(&lookat_onnx::io::load(&cli.original)?);
+    limits.check(&cli.original, &prompt, prompt.len() + cli.new_tokens)?;
 
     let mut texts = vec![];
     for dec in [&mut original, &mut lookat] {
@@ -87,22 +98,28 @@ fn run(cli: &Cli) -> Result<()> {
         .take_while(|(a, b)| a == b)
         .count();
     println!("prompt:   {:?}", cli.prompt);
-    println!("original: {:?}", tokenizer::decode(&bpe, &texts[0]));
-    println!("lookat:   {:?}", tokenizer::decode(&bpe, &texts[1]));
+    println!("original: {:?}", tok.decode(&texts[0]));
+    println!("lookat:   {:?}", tok.decode(&texts[1]));
     println!(
         "greedy continuations agree on the first {same} of {} tokens",
         cli.new_tokens
     );
 
-    let Some(path) = &cli.eval_text else {
-        return Ok(());
+    let (mut ids, source) = match (&cli.eval_text, &cli.eval_token_ids) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read '{}'", path.display()))?;
+            (tok.encode(&text)?, path)
+        }
+        (None, Some(path)) => (tokenizer::read_token_ids(path)?, path),
+        (None, None) => return Ok(()),
     };
-    let text = std::fs::read_to_string(path)?;
-    let mut ids = tokenizer::encode(&bpe, &text);
     ids.truncate(cli.eval_tokens + 1);
     if ids.len() < 2 {
-        bail!("held-out text '{}' is too short", path.display());
+        bail!("held-out '{}' is too short", source.display());
     }
+    limits.check(&cli.original, &ids, ids.len())?;
+    let path = source;
     let c = teacher_forced(&mut original, &mut lookat, &ids)?;
     println!(
         "held-out '{}', {} decode steps from an empty cache: perplexity original {:.2}, lookat {:.2}; \
