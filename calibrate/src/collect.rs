@@ -130,8 +130,8 @@ impl Probe {
     }
 
     /// Runs `b` windows of `w` tokens (`ids` is `b × w`), each from position 0 with an empty
-    /// cache; returns each output tensor's values, in the order given to [`Probe::new`].
-    pub fn run(&mut self, ids: &[u32], b: usize, w: usize) -> Result<Vec<Vec<f32>>> {
+    /// cache; returns each output tensor, in the order given to [`Probe::new`].
+    pub fn run(&mut self, ids: &[u32], b: usize, w: usize) -> Result<Vec<Probed>> {
         let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
         let mut feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = vec![];
         for (name, shape) in &self.inputs {
@@ -153,12 +153,52 @@ impl Probe {
         self.outputs
             .iter()
             .map(|name| {
-                let (_, v) = outputs[name.as_str()]
+                let (shape, v) = outputs[name.as_str()]
                     .try_extract_tensor::<f32>()
                     .with_context(|| format!("tensor '{name}'"))?;
-                Ok(v.to_vec())
+                Ok(Probed {
+                    name: name.clone(),
+                    shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+                    data: v.to_vec(),
+                })
             })
             .collect()
+    }
+}
+
+/// One tensor the probe returned: a query, key or value projection of the new tokens, laid out
+/// `[B, S, heads·D]` or `[B, heads, S, D]` (the layouts LookatAttention reads).
+#[derive(Debug, Clone)]
+pub struct Probed {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl Probed {
+    /// The D-float rows of head `h`, batch row after batch row, tokens in order.
+    pub fn head(&self, h: usize, heads: usize, d: usize) -> Result<Vec<f32>> {
+        let rows = |b: usize, s: usize, stride_b: usize, stride_s: usize, offset: usize| {
+            let mut out = Vec::with_capacity(b * s * d);
+            for bi in 0..b {
+                for si in 0..s {
+                    out.extend_from_slice(
+                        &self.data[bi * stride_b + si * stride_s + offset..][..d],
+                    );
+                }
+            }
+            out
+        };
+        match self.shape[..] {
+            [b, s, e] if e == heads * d => Ok(rows(b, s, s * e, e, h * d)),
+            [b, hh, s, dd] if hh == heads && dd == d => Ok(rows(b, s, hh * s * d, d, h * s * d)),
+            _ => bail!(
+                "tensor '{}' of the original model has shape {:?}, not [B, S, {heads}*{d}] or \
+                 [B, {heads}, S, {d}]: --original must be the model that was given to lookat-rewrite",
+                self.name,
+                self.shape
+            ),
+        }
     }
 }
 
@@ -311,18 +351,9 @@ pub fn collect_keys(
         let b = opts.batch.min(windows - first);
         let outputs = probe.run(&tokens[first * w..(first + b) * w], b, w)?;
         for ((li, l), keys) in layers.iter().enumerate().zip(&outputs) {
-            let (d, e) = (l.head_dim(), l.heads() * l.head_dim());
-            if keys.len() != b * w * e {
-                bail!(
-                    "key tensor '{}' of the original model holds {} values, the rewritten node '{}' \
-                     expects {b}x{w}x{e}: --original must be the model that was given to lookat-rewrite",
-                    l.key_tensor,
-                    keys.len(),
-                    l.node,
-                );
-            }
-            for token in keys.chunks_exact(e) {
-                for (h, key) in token.chunks_exact(d).enumerate() {
+            let d = l.head_dim();
+            for h in 0..l.heads() {
+                for key in keys.head(h, l.heads(), d)?.chunks_exact(d) {
                     reservoirs[li][h].offer(key);
                 }
             }

@@ -16,10 +16,14 @@ pub struct LookatLayer {
     pub value_tensor: String,
     /// The codebooks initializer.
     pub codebooks: String,
+    /// Codebooks per kv head (`shape.heads` kv heads).
     pub shape: CodebookShape,
+    /// Query heads (`num_heads`); a multiple of the kv heads.
+    pub query_heads: usize,
 }
 
 impl LookatLayer {
+    /// Key/value heads: the heads whose keys are cached and calibrated.
     pub fn heads(&self) -> usize {
         self.shape.heads
     }
@@ -40,12 +44,19 @@ pub fn lookat_layers(model: &ModelProto) -> Result<Vec<LookatLayer>> {
         .iter()
         .filter(|n| n.domain == DOMAIN && n.op_type == OP_NAME)
     {
-        let heads = n
-            .attribute
-            .iter()
-            .find(|a| a.name == attr::NUM_HEADS)
-            .map(|a| a.i)
-            .with_context(|| format!("node '{}' has no {}", n.name, attr::NUM_HEADS))?;
+        let int_attr = |name: &str| n.attribute.iter().find(|a| a.name == name).map(|a| a.i);
+        let query_heads = int_attr(attr::NUM_HEADS)
+            .filter(|&h| h > 0)
+            .with_context(|| format!("node '{}' has no valid {}", n.name, attr::NUM_HEADS))?;
+        let heads = int_attr(attr::NUM_KV_HEADS).unwrap_or(query_heads);
+        if heads < 1 || query_heads % heads != 0 {
+            bail!(
+                "node '{}' has {}={heads}, which does not divide {}={query_heads}",
+                n.name,
+                attr::NUM_KV_HEADS,
+                attr::NUM_HEADS
+            );
+        }
         let tensor = |i: usize| n.input.get(i).filter(|t| !t.is_empty()).cloned();
         let (Some(query), Some(key), Some(value), Some(books)) = (
             tensor(input::QUERY),
@@ -76,7 +87,7 @@ pub fn lookat_layers(model: &ModelProto) -> Result<Vec<LookatLayer>> {
         })?;
         if shape.heads as i64 != heads {
             bail!(
-                "codebooks '{books}' have {} heads, node '{}' has num_heads={heads}",
+                "codebooks '{books}' have {} heads, node '{}' has {heads} kv heads",
                 shape.heads,
                 n.name
             );
@@ -88,6 +99,7 @@ pub fn lookat_layers(model: &ModelProto) -> Result<Vec<LookatLayer>> {
             value_tensor: value,
             codebooks: books,
             shape,
+            query_heads: query_heads as usize,
         });
     }
     if layers.is_empty() {

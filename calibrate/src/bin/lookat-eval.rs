@@ -213,14 +213,13 @@ fn run(cli: &Cli) -> Result<()> {
                 let out = probe.run(ids, 1, len)?;
                 let positions: Vec<usize> = (len.saturating_sub(cli.queries)..len).collect();
                 for (layer, qkv) in out.chunks_exact(3).enumerate() {
-                    let e = heads * d;
-                    for h in 0..heads {
-                        let head = |t: &Vec<f32>| -> Vec<f32> {
-                            t.chunks_exact(e)
-                                .flat_map(|row| row[h * d..(h + 1) * d].to_vec())
-                                .collect()
-                        };
-                        let (q, k, v) = (head(&qkv[0]), head(&qkv[1]), head(&qkv[2]));
+                    let query_heads = base[layer].query_heads;
+                    let group = query_heads / heads;
+                    // Every query head against its kv head's keys and values (h / G).
+                    for qh in 0..query_heads {
+                        let h = qh / group;
+                        let q = qkv[0].head(qh, query_heads, d)?;
+                        let (k, v) = (qkv[1].head(h, heads, d)?, qkv[2].head(h, heads, d)?);
                         let queries: Vec<&[f32]> =
                             positions.iter().map(|&p| &q[p * d..(p + 1) * d]).collect();
                         for (si, scheme) in schemes.iter().enumerate() {
