@@ -352,9 +352,9 @@ pub fn collect_keys(
         let outputs = probe.run(&tokens[first * w..(first + b) * w], b, w)?;
         for ((li, l), keys) in layers.iter().enumerate().zip(&outputs) {
             let d = l.head_dim();
-            for h in 0..l.heads() {
+            for (h, reservoir) in reservoirs[li].iter_mut().enumerate() {
                 for key in keys.head(h, l.heads(), d)?.chunks_exact(d) {
-                    reservoirs[li][h].offer(key);
+                    reservoir.offer(key);
                 }
             }
         }

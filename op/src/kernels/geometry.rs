@@ -213,11 +213,13 @@ impl Geometry {
                 }
                 (Layout::HeadMajor, q[0], q[2], q[3])
             }
-            _ => return Err(invalid(format!(
+            _ => {
+                return Err(invalid(format!(
                 "input 'query' must have rank 3 [batch, new_tokens, num_heads*head_dim] or rank 4 \
                      [batch, num_heads, new_tokens, head_dim], got shape {:?}",
                 s.query
-            ))),
+            )))
+            }
         };
         let want: Vec<usize> = match layout {
             Layout::TokenMajor => vec![batch, new_tokens, kv_heads * head_dim],
