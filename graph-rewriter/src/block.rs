@@ -13,10 +13,17 @@ pub struct AttentionBlock {
     pub pattern: &'static str,
     /// The node the match started from (Softmax or Attention), for messages.
     pub anchor: String,
-    /// `[B, S, E]` projections of the new tokens.
+    /// What the op reads for the new tokens: the `[B, S, H·D]` projections (GPT-2's fused QKV
+    /// split) or, when `head_major`, the `[B, H, S, D]` head-split tensors after rotary
+    /// embeddings (queries and keys rotated, as they are cached).
     pub query: String,
     pub key: String,
     pub value: String,
+    /// Whether `query`/`key`/`value` are `[B, H, S, D]`.
+    pub head_major: bool,
+    /// Whether the queries and keys went through a rotary position embedding (kept in the graph:
+    /// the op receives rotated vectors).
+    pub rotary: bool,
     /// Cache graph inputs/outputs, absent in exports without a cache.
     pub cache: Option<CacheIo>,
     /// The tensor that carries the merged heads to the output projection.
@@ -27,7 +34,10 @@ pub struct AttentionBlock {
     pub mask: Option<String>,
     /// Softmax scale, when it is a constant in the graph (`None`: 1/sqrt(D) computed at run time).
     pub scale: Option<f32>,
+    /// Query heads.
     pub heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `heads`).
+    pub kv_heads: usize,
     pub head_dim: usize,
 }
 
@@ -49,13 +59,13 @@ pub fn split_heads(
     what: &str,
 ) -> Result<(String, Option<HeadDims>), Miss> {
     let Some(t) = g.producer_op(x4, "Transpose") else {
-        if is_rotary(g, x4) {
-            return Err(format!(
-                "{what}: rotary position embedding (Sin/Cos applied to the heads) is not supported"
-            ));
-        }
+        let rotary = if is_rotary(g, x4) {
+            " (Sin/Cos reach it, but not as a rotary embedding of the split heads this tool knows)"
+        } else {
+            ""
+        };
         return Err(format!(
-            "{what}: expected Transpose(perm 0,2,1,3) splitting heads, found {}",
+            "{what}: expected Transpose(perm 0,2,1,3) splitting heads, found {}{rotary}",
             describe(g, x4)
         ));
     };
@@ -98,6 +108,108 @@ pub fn reshape_tail_dims(
         return None;
     }
     Some((pos(g.scalar(&c.input[2])), pos(g.scalar(&c.input[3]))))
+}
+
+/// When `x` is a rotary position embedding of a head-split tensor, that tensor. Recognised forms:
+/// an ONNX / `com.microsoft` `RotaryEmbedding` node, and Hugging Face's decomposed rotate-half
+/// `Add(Mul(x, cos), Mul(Concat(Neg(Slice(x, D/2:)), Slice(x, :D/2)), sin))` (either operand
+/// order of the Add and the Muls).
+pub fn through_rotary(g: &GraphIndex<'_>, x: &str) -> Option<String> {
+    let n = g.node(g.producer(x)?);
+    if n.op_type == "RotaryEmbedding" {
+        return n.input.first().cloned();
+    }
+    if !is_op(n, "Add") || n.input.len() != 2 {
+        return None;
+    }
+    // Mul(a, b): the operands, either order.
+    let mul = |t: &str| -> Option<[String; 2]> {
+        let m = g.node(g.producer_op(t, "Mul")?);
+        Some([m.input[0].clone(), m.input[1].clone()])
+    };
+    // Concat(Neg(Slice(x)), Slice(x)) on the last axis: x.
+    let rotate_half = |t: &str| -> Option<String> {
+        let c = g.node(g.producer_op(t, "Concat")?);
+        if c.input.len() != 2 || !matches!(attr_int(c, "axis"), Some(-1) | Some(3)) {
+            return None;
+        }
+        let neg = g.node(g.producer_op(&c.input[0], "Neg")?);
+        let upper = g.node(g.producer_op(&neg.input[0], "Slice")?);
+        let lower = g.node(g.producer_op(&c.input[1], "Slice")?);
+        (upper.input[0] == lower.input[0]).then(|| lower.input[0].clone())
+    };
+    for (plain, rotated) in [(0, 1), (1, 0)] {
+        let (Some(p), Some(r)) = (mul(&n.input[plain]), mul(&n.input[rotated])) else {
+            continue;
+        };
+        for half in &r {
+            if let Some(x) = rotate_half(half) {
+                if p.contains(&x) {
+                    return Some(x);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Hugging Face's `repeat_kv`: `Reshape(Expand(Unsqueeze(x, axes=[2]), [B, H_kv, G, T, D]),
+/// [B, H_kv·G, T, D])`. Returns `x` (the `[B, H_kv, T, D]` tensor) or `t` itself when it is not
+/// repeated.
+pub fn unrepeat_kv(g: &GraphIndex<'_>, t: &str) -> String {
+    let peel = || -> Option<String> {
+        let r = g.node(g.producer_op(t, "Reshape")?);
+        let e = g.node(g.producer_op(&r.input[0], "Expand")?);
+        let u = g.node(g.producer_op(&e.input[0], "Unsqueeze")?);
+        let axes = match u.input.get(1) {
+            Some(a) => g.constant(a)?,
+            None => attr_ints(u, "axes")?.iter().map(|&v| v as f64).collect(),
+        };
+        (axes == [2.0]).then(|| u.input[0].clone())
+    };
+    peel().unwrap_or_else(|| t.to_string())
+}
+
+/// The projection producing a `[B, S, width]` tensor: width of the `Gemm`/`MatMul` weight before
+/// it (through a bias `Add` or a `Reshape`), when it is an initializer.
+pub fn projection_width(g: &GraphIndex<'_>, tensor: &str) -> Option<usize> {
+    let mut x = tensor.to_string();
+    for _ in 0..3 {
+        let n = g.node(g.producer(&x)?);
+        if is_op(n, "Reshape") || is_op(n, "Add") {
+            x = n.input[0].clone();
+            continue;
+        }
+        if !(is_op(n, "MatMul") || is_op(n, "Gemm")) {
+            return None;
+        }
+        let w = g.initializer(n.input.get(1)?)?;
+        if w.dims.len() != 2 {
+            return None;
+        }
+        let cols = if is_op(n, "Gemm") && attr_int(n, "transB") == Some(1) {
+            w.dims[0]
+        } else {
+            w.dims[1]
+        };
+        return (cols > 0).then_some(cols as usize);
+    }
+    None
+}
+
+/// The tensor a projection (`MatMul`/`Gemm`, maybe behind a bias `Add` or `Reshape`) reads: the
+/// hidden states of the layer.
+fn projection_input(g: &GraphIndex<'_>, tensor: &str) -> Option<String> {
+    let mut x = tensor.to_string();
+    for _ in 0..3 {
+        let n = g.node(g.producer(&x)?);
+        if is_op(n, "Reshape") || (is_op(n, "Add") && g.initializer(&n.input[1]).is_some()) {
+            x = n.input[0].clone();
+            continue;
+        }
+        return (is_op(n, "MatMul") || is_op(n, "Gemm")).then(|| n.input[0].clone());
+    }
+    None
 }
 
 /// E = H·D from the fused QKV projection feeding `split`: its split sizes, or the width of the
@@ -277,9 +389,15 @@ pub fn causal_evidence(g: &GraphIndex<'_>, mask_tensor: &str) -> bool {
     })
 }
 
-/// The three projections must be outputs 0, 1, 2 of one Split (GPT-2's fused `c_attn`); anything
-/// else is cross-attention or an attention this tool does not know.
+/// The three projections must be outputs 0, 1, 2 of one Split (GPT-2's fused `c_attn`) or three
+/// projections of the same hidden states (Llama's q/k/v_proj); anything else is cross-attention
+/// or an attention this tool does not know.
 pub fn check_self_attention(g: &GraphIndex<'_>, q: &str, k: &str, v: &str) -> Result<(), Miss> {
+    if let [Some(a), Some(b), Some(c)] = [q, k, v].map(|t| projection_input(g, t)) {
+        if a == b && b == c {
+            return Ok(());
+        }
+    }
     let p = [q, k, v].map(|t| g.producer(t));
     match p {
         [Some(a), Some(b), Some(c)] if a == b && b == c && is_op(g.node(a), "Split") => {
@@ -320,7 +438,10 @@ pub enum KeyPath {
 }
 
 /// Completes a block from q4 / k_present / v_present / the 4-D attention output, which every
-/// pattern finds in its own way.
+/// pattern finds in its own way. Handles what GPT-2 and Llama exports put between them and the
+/// projections: a rotary embedding on the queries and new keys (kept: the op reads rotated
+/// vectors), `repeat_kv` on the cached keys and values (grouped-query attention), the cache
+/// Concat, the head split.
 #[allow(clippy::too_many_arguments)]
 pub fn assemble(
     g: &GraphIndex<'_>,
@@ -333,16 +454,22 @@ pub fn assemble(
     masks: &[String],
     scale: Option<f32>,
 ) -> Result<AttentionBlock, Miss> {
-    let (query, q_dims) = split_heads(g, q4, "query")?;
-    let v_cache = cache_concat(g, v_present, "value")?;
-    let (k_cache, key, k_dims) = match &keys {
+    let q_split = through_rotary(g, q4);
+    let (query, q_dims) = split_heads(g, q_split.as_deref().unwrap_or(q4), "query")?;
+    let v_present = unrepeat_kv(g, v_present);
+    let v_cache = cache_concat(g, &v_present, "value")?;
+    let v4 = v_cache
+        .as_ref()
+        .map_or(v_present.to_string(), |c| c.1.clone());
+    let (k_cache, k4, key, k_dims, k_rotary) = match &keys {
         KeyPath::Bnsh(k_present) => {
-            let k_cache = cache_concat(g, k_present, "key")?;
-            let k4 = k_cache
-                .as_ref()
-                .map_or(k_present.to_string(), |c| c.1.clone());
-            let (key, dims) = split_heads(g, &k4, "key")?;
-            (k_cache, key, dims)
+            let k_present = unrepeat_kv(g, k_present);
+            let k_cache = cache_concat(g, &k_present, "key")?;
+            let k4 = k_cache.as_ref().map_or(k_present.clone(), |c| c.1.clone());
+            let k_split = through_rotary(g, &k4);
+            let (key, dims) = split_heads(g, k_split.as_deref().unwrap_or(&k4), "key")?;
+            let cache = k_cache.map(|(past, _)| (past, k_present));
+            (cache, k4, key, dims, k_split.is_some())
         }
         KeyPath::Bsnh(k_bsnh) => {
             let r = g
@@ -351,47 +478,58 @@ pub fn assemble(
             let rn = g.node(r);
             (
                 None,
+                String::new(),
                 rn.input[0].clone(),
                 reshape_tail_dims(g, &rn.input[1]),
+                false,
             )
         }
     };
-    let v4 = v_cache
-        .as_ref()
-        .map_or(v_present.to_string(), |c| c.1.clone());
-    let (value, _) = split_heads(g, &v4, "value")?;
+    let (value, v_dims) = split_heads(g, &v4, "value")?;
     check_self_attention(g, &query, &key, &value)?;
+    if q_split.is_some() != k_rotary {
+        return Err("a rotary embedding is applied to only one of the queries and the keys".into());
+    }
     let cache = match (k_cache, v_cache) {
-        (Some((past_key, _)), Some((past_value, _))) => Some(CacheIo {
+        (Some((past_key, present_key)), Some((past_value, _))) => Some(CacheIo {
             past_key,
             past_value,
-            present_key: match &keys {
-                KeyPath::Bnsh(k) => k.clone(),
-                KeyPath::Bsnh(_) => return Err("cache on values but not on keys".into()),
-            },
+            present_key,
             present_value: v_present.to_string(),
         }),
         (None, None) => None,
         _ => return Err("only one of key and value has a cache Concat".into()),
     };
-    if let (Some((Some(hq), _)), Some((Some(hk), _))) = (q_dims, k_dims) {
-        if hq != hk {
-            return Err(format!(
-                "grouped-query attention ({hq} query heads, {hk} key/value heads) is not supported"
-            ));
+
+    // Head size from the head-split shapes; head counts from them or from the projection widths.
+    let fused = g
+        .producer_op(&query, "Split")
+        .and_then(|sp| fused_qkv_width(g, sp));
+    let width = |t: &str| fused.or_else(|| projection_width(g, t));
+    let d = [q_dims, k_dims, v_dims]
+        .iter()
+        .find_map(|dims| dims.and_then(|(_, d)| d))
+        .or_else(|| match (q_dims, width(&query)) {
+            (Some((Some(h), _)), Some(e)) if e % h == 0 => Some(e / h),
+            _ => None,
+        })
+        .ok_or("could not read the head size from the head-split shapes")?;
+    let count = |dims: Option<HeadDims>, t: &str, what: &str| -> Result<usize, Miss> {
+        match (dims.and_then(|(h, _)| h), width(t)) {
+            (Some(h), _) => Ok(h),
+            (None, Some(e)) if e % d == 0 => Ok(e / d),
+            (None, w) => Err(format!(
+                "could not read the number of {what} heads (head size {d}, projection width {w:?})"
+            )),
         }
-    }
-    let (h, d) = q_dims.or(k_dims).unwrap_or((None, None));
-    let width = g.producer(&query).and_then(|sp| fused_qkv_width(g, sp));
-    let (heads, head_dim) = match (h, d, width) {
-        (Some(h), Some(d), _) => (h, d),
-        (None, Some(d), Some(e)) if e % d == 0 => (e / d, d),
-        (Some(h), None, Some(e)) if e % h == 0 => (h, e / h),
-        _ => return Err(format!(
-            "could not read the number of heads and head size (head-split shape gives H={h:?} D={d:?}, \
-             QKV width {width:?})"
-        )),
     };
+    let heads = count(q_dims, &query, "query")?;
+    let kv_heads = count(k_dims, &key, "key")?;
+    if kv_heads == 0 || heads % kv_heads != 0 || count(v_dims, &value, "value")? != kv_heads {
+        return Err(format!(
+            "{heads} query heads cannot share {kv_heads} key/value heads evenly"
+        ));
+    }
     let (output, output_rank) = merge_heads(g, o4)?;
     if masks.is_empty() {
         return Err("no mask reaches the scores: LookatAttention is causal, and this attention is not (no causal mask)".into());
@@ -402,18 +540,32 @@ pub fn assemble(
              triangular constant): LookatAttention is causal, this attention may not be"
         ));
     }
+    // GPT-2 keeps its [B, S, E] projections; rotary or grouped-query attention hands the op the
+    // head-split tensors after the rotary embedding.
+    let head_major = q_split.is_some() || kv_heads != heads;
+    let (query, key, value) = if head_major {
+        if matches!(keys, KeyPath::Bsnh(_)) {
+            return Err("head-major keys with a [B, S, H, D] key path are not supported".into());
+        }
+        (q4.to_string(), k4, v4)
+    } else {
+        (query, key, value)
+    };
     Ok(AttentionBlock {
         pattern,
         anchor,
         query,
         key,
         value,
+        head_major,
+        rotary: q_split.is_some(),
         cache,
         output,
         output_rank,
         mask: masks.iter().find_map(|m| mask_input(g, m)),
         scale,
         heads,
-        head_dim,
+        kv_heads,
+        head_dim: d,
     })
 }

@@ -71,11 +71,13 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             println!("explain: {} block(s) matched", blocks.len());
             for b in &blocks {
                 println!(
-                    "  + {} at '{}': H={} D={} scale={:?} cache={} mask={:?}",
+                    "  + {} at '{}': H={} H_kv={} D={} rotary={} scale={:?} cache={} mask={:?}",
                     b.pattern,
                     b.anchor,
                     b.heads,
+                    b.kv_heads,
                     b.head_dim,
+                    b.rotary,
                     b.scale,
                     b.cache.is_some(),
                     b.mask

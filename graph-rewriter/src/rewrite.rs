@@ -166,7 +166,7 @@ pub struct LayerPlan {
 
 /// Plans the rewrite of block `b`, the `layer`-th LookatAttention node of the model.
 pub fn plan_block(layer: usize, b: &AttentionBlock, opts: &Options) -> Result<LayerPlan> {
-    let shape = CodebookShape::new(b.heads, b.head_dim, opts.subspaces, opts.centroids)
+    let shape = CodebookShape::new(b.kv_heads, b.head_dim, opts.subspaces, opts.centroids)
         .with_context(|| {
             format!(
                 "--subspaces {} does not divide the head size {} (attention at '{}')",
@@ -224,6 +224,9 @@ pub fn plan_block(layer: usize, b: &AttentionBlock, opts: &Options) -> Result<La
     outputs[output::PRESENT_KEY_CODES] = present_codes.clone();
     outputs[output::PRESENT_VALUE] = present_value.clone();
     let mut attributes = vec![int_attribute(attr::NUM_HEADS, b.heads as i64)];
+    if b.kv_heads != b.heads {
+        attributes.push(int_attribute(attr::NUM_KV_HEADS, b.kv_heads as i64));
+    }
     if let Some(s) = b.scale {
         attributes.push(float_attribute(attr::SCALE, s));
     }
@@ -263,7 +266,7 @@ pub fn plan_block(layer: usize, b: &AttentionBlock, opts: &Options) -> Result<La
         taken: vec![b.output.clone(), present_codes, present_value],
         cache,
         bytes: CacheBytes {
-            kv_heads: b.heads,
+            kv_heads: b.kv_heads,
             head_dim: b.head_dim,
             subspaces: opts.subspaces,
             centroids: opts.centroids,

@@ -59,29 +59,43 @@ def lookat_nodes(model):
     return [n for n in model.graph.node if n.domain == DOMAIN]
 
 
+def kv_heads(node):
+    """The node's key/value heads (num_kv_heads, else num_heads)."""
+    attrs = {a.name: a.i for a in node.attribute}
+    return attrs.get("num_kv_heads", attrs["num_heads"])
+
+
 def collect_keys(original_path, rewritten, ids):
-    """Runs the original model with the key projections the LookatAttention nodes read as extra
-    outputs; returns one [tokens, H, D] array per node."""
-    model = onnx.load(str(original_path))
+    """Runs the original model with the key tensors the LookatAttention nodes read as extra
+    outputs ([B, S, H·D] or, after a rotary embedding, [B, H_kv, S, D]); returns one
+    [tokens, H_kv, D] array per node."""
+    model = onnx.load(str(original_path), load_external_data=False)
     nodes = lookat_nodes(rewritten)
     names = [n.input[1] for n in nodes]
     for name in names:
         model.graph.output.append(helper.make_empty_tensor_value_info(name))
-    sess = plain_session_with_dir(model, original_path)
+    sess = plain_session_from_memory(model, original_path)
     feeds = step_feeds(sess, ids, past_len=0, past=empty_past(sess, ids.shape[0]))
     outs = sess.run(names, feeds)
-    heads = [next(a.i for a in n.attribute if a.name == "num_heads") for n in nodes]
-    return [o.reshape(o.shape[0] * o.shape[1], h, -1) for o, h in zip(outs, heads)]
+    keys = []
+    for o, n in zip(outs, nodes):
+        h = kv_heads(n)
+        if o.ndim == 4:  # [B, H_kv, S, D]
+            keys.append(o.transpose(0, 2, 1, 3).reshape(-1, h, o.shape[3]))
+        else:
+            keys.append(o.reshape(o.shape[0] * o.shape[1], h, -1))
+    return keys
 
 
-def plain_session_with_dir(model, original_path):
-    # External data resolves relative to the model's directory: save a copy next to it.
-    tmp = pathlib.Path(original_path).with_name(f".collect-{os.getpid()}.onnx")
-    onnx.save(model, str(tmp))
-    try:
-        return plain_session(tmp)
-    finally:
-        tmp.unlink()
+def plain_session_from_memory(model, original_path):
+    """A session over an edited model whose external data stays next to the original: nothing is
+    written to disk."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.add_session_config_entry(
+        "session.model_external_initializers_file_folder_path", str(pathlib.Path(original_path).resolve().parent)
+    )
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def quantile_codebooks(keys, k=256):

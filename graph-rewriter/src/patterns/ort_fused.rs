@@ -81,12 +81,15 @@ pub fn match_multi_head_attention(g: &GraphIndex<'_>, i: usize) -> Result<Attent
         query: q,
         key: k,
         value: v,
+        head_major: false,
+        rotary: false,
         cache,
         output: n.output[0].clone(),
         output_rank: 3,
         mask: input(4).and_then(|m| mask_input(g, &m)),
         scale: attr_float(n, "scale").filter(|&s| s != 0.0),
         heads,
+        kv_heads: heads,
         head_dim: width / heads,
     })
 }
