@@ -5,6 +5,8 @@ exporters lookat supports, and check parity. Same variants, I/O names and parity
     ts14 / ts17          TorchScript exporter, torch.onnx.export(..., dynamo=False)
     dyn18 / dyn23        dynamo exporter, torch.onnx.export(..., dynamo=True)
     <exporter><opset>-<eager|sdpa>-<kv|nokv>    e.g. ts17-eager-kv, dyn23-sdpa-kv, dyn18-eager-nokv
+    dyn23-sdpagqa-kv     sdpa with transformers' TRANSFORMERS_SDPA_FORCE_GQA=1 (SDPA's enable_gqa): one ONNX
+                         Attention node reading the kv-head cache directly (dynamo only)
 
 I/O: input_ids i64[batch,sequence], attention_mask i64[batch,past_sequence+sequence], position_ids
 i64[batch,sequence], past_key_values.{i}.key|value f32[batch,kv_heads,past_sequence,head] -> logits
@@ -102,9 +104,29 @@ def config_summary(cfg):
             "tie_word_embeddings": cfg.tie_word_embeddings}
 
 
+GQA_ENV = "TRANSFORMERS_SDPA_FORCE_GQA"
+
+
 def export_variant(checkpoint, variant, path, log=print):
-    """export.export_one with the Llama loader: (model, parsed variant, parity list)."""
-    return export.export_one(checkpoint, variant, path, log=log, load=load_llama)
+    """export.export_one with the Llama loader: (model, parsed variant, parity list).
+
+    `sdpagqa` (e.g. dyn23-sdpagqa-kv) is sdpa exported with TRANSFORMERS_SDPA_FORCE_GQA=1: transformers then calls
+    torch's SDPA with enable_gqa=True on the un-repeated key/value heads instead of repeating them itself (it does so
+    by default only without an attention mask), and the dynamo exporter at opset 23 writes one ONNX Attention node
+    with 3 key/value heads. The TorchScript exporter refuses enable_gqa."""
+    if "-sdpagqa-" not in variant:
+        return export.export_one(checkpoint, variant, path, log=log, load=load_llama)
+    old = os.environ.get(GQA_ENV)
+    os.environ[GQA_ENV] = "1"
+    try:
+        model, v, par = export.export_one(checkpoint, variant.replace("-sdpagqa-", "-sdpa-"), path, log=log,
+                                          load=load_llama)
+    finally:
+        if old is None:
+            del os.environ[GQA_ENV]
+        else:
+            os.environ[GQA_ENV] = old
+    return model, dict(v, attn="sdpa", enable_gqa=True), par
 
 
 def main():

@@ -44,7 +44,8 @@ TRAINED_VARIANTS = [
 # tiny random Llamas (tiny.TINY_LLAMA_CONFIGS): every variant that exports for the first, a few for the others
 TINY_LLAMA_VARIANTS = {
     "tiny_llama_l2_q4_kv2_d16": ["ts17-eager-kv", "ts17-sdpa-kv", "dyn18-eager-kv", "dyn18-sdpa-kv",
-                                 "dyn23-eager-kv", "dyn23-sdpa-kv", "ts17-eager-nokv", "dyn23-sdpa-nokv"],
+                                 "dyn23-eager-kv", "dyn23-sdpa-kv", "ts17-eager-nokv", "dyn23-sdpa-nokv",
+                                 "dyn23-sdpagqa-kv"],
     "tiny_llama_l1_q6_kv2_d64": ["ts17-eager-kv", "dyn23-sdpa-kv"],
     "tiny_llama_l1_q4_kv1_d32": ["ts17-sdpa-kv", "dyn18-eager-kv"],
 }
@@ -175,7 +176,12 @@ def build_tiny_llama(entries, log):
             path = os.path.join(out_root, name, var + ".onnx")
             model, v, par = export_llama.export_variant(ckpt, var, path, log=log)
             check(path)
-            entries.append(entry(name, var, path, par, v, export_llama.config_summary(model.config), [note], None))
+            notes = [note]
+            if v.pop("enable_gqa", False):
+                notes.append(f"exported with {export_llama.GQA_ENV}=1: transformers calls SDPA with enable_gqa=True on "
+                             "the key/value heads (no repeat_kv), so opset 23 has one Attention node reading "
+                             "present.i.key/value directly")
+            entries.append(entry(name, var, path, par, v, export_llama.config_summary(model.config), notes, None))
         if name == "tiny_llama_l2_q4_kv2_d16":
             add_optimum(entries, export_llama.legacy_checkpoint(ckpt), name,
                         os.path.join(out_root, name, "optimum18-sdpa-kv.onnx"), log, load=export_llama.load_llama,
