@@ -20,6 +20,9 @@ pub struct LookatLayer {
     pub shape: CodebookShape,
     /// Query heads (`num_heads`); a multiple of the kv heads.
     pub query_heads: usize,
+    /// Attributes `sinks` and `window`: tokens of the full-precision key window.
+    pub sinks: usize,
+    pub window: usize,
 }
 
 impl LookatLayer {
@@ -29,6 +32,18 @@ impl LookatLayer {
     }
     pub fn head_dim(&self) -> usize {
         self.shape.head_dim()
+    }
+
+    /// Cache bytes per token of this layer with values of `value_elem_bytes`.
+    pub fn cache_bytes(&self, value_elem_bytes: usize) -> lookat_contract::CacheBytes {
+        lookat_contract::CacheBytes {
+            kv_heads: self.heads(),
+            head_dim: self.head_dim(),
+            subspaces: self.shape.subspaces,
+            centroids: self.shape.centroids,
+            value_elem_bytes,
+            window_tokens: self.sinks + self.window,
+        }
     }
 }
 
@@ -100,6 +115,8 @@ pub fn lookat_layers(model: &ModelProto) -> Result<Vec<LookatLayer>> {
             codebooks: books,
             shape,
             query_heads: query_heads as usize,
+            sinks: int_attr(attr::SINKS).unwrap_or(0).max(0) as usize,
+            window: int_attr(attr::WINDOW).unwrap_or(0).max(0) as usize,
         });
     }
     if layers.is_empty() {

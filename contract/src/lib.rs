@@ -54,8 +54,6 @@ pub struct Port {
     pub name: &'static str,
     pub elem: Elem,
     pub optional: bool,
-    /// Reserved for a later opset: must be left out.
-    pub reserved: bool,
     pub shape: &'static str,
 }
 
@@ -64,24 +62,13 @@ const fn port(name: &'static str, elem: Elem, optional: bool, shape: &'static st
         name,
         elem,
         optional,
-        reserved: false,
         shape,
-    }
-}
-
-const fn reserved(name: &'static str, elem: Elem) -> Port {
-    Port {
-        name,
-        elem,
-        optional: true,
-        reserved: true,
-        shape: "-",
     }
 }
 
 /// Inputs, by position.
 pub mod input {
-    use super::{port, reserved, Elem::*, Port};
+    use super::{port, Elem::*, Port};
 
     pub const QUERY: usize = 0;
     pub const KEY: usize = 1;
@@ -91,7 +78,7 @@ pub mod input {
     pub const PAST_VALUE: usize = 4;
     pub const ATTENTION_MASK: usize = 5;
     pub const CODEBOOKS: usize = 6;
-    /// Reserved for a full-precision window of recent keys.
+    /// Full-precision keys of the sink and most recent tokens (with `sinks`/`window` > 0).
     pub const PAST_KEY_WINDOW: usize = 7;
     pub const COUNT: usize = 8;
 
@@ -103,7 +90,7 @@ pub mod input {
         port("past_value", ValueCache, true, "[B, H_kv, P, D]"),
         port("attention_mask", Int64, true, "[B, P+S]"),
         port("codebooks", Float32, false, "[H_kv, m, K, D/m]"),
-        reserved("past_key_window", Float32),
+        port("past_key_window", ValueCache, true, "[B, H_kv, min(P, sinks+window), D]"),
     ];
 
     pub fn name(index: usize) -> &'static str {
@@ -113,12 +100,12 @@ pub mod input {
 
 /// Outputs, by position.
 pub mod output {
-    use super::{port, reserved, Elem::*, Port};
+    use super::{port, Elem::*, Port};
 
     pub const OUTPUT: usize = 0;
     pub const PRESENT_KEY_CODES: usize = 1;
     pub const PRESENT_VALUE: usize = 2;
-    /// Reserved, pairs with [`super::input::PAST_KEY_WINDOW`].
+    /// Pairs with [`super::input::PAST_KEY_WINDOW`]; produced when `sinks`/`window` > 0.
     pub const PRESENT_KEY_WINDOW: usize = 3;
     pub const COUNT: usize = 4;
 
@@ -126,7 +113,7 @@ pub mod output {
         port("output", Float32, false, "[B, S, H*D]"),
         port("present_key_codes", Uint8, false, "[B, H_kv, P+S, m]"),
         port("present_value", ValueCache, false, "[B, H_kv, P+S, D]"),
-        reserved("present_key_window", Float32),
+        port("present_key_window", ValueCache, true, "[B, H_kv, min(P+S, sinks+window), D]"),
     ];
 
     pub fn name(index: usize) -> &'static str {
@@ -140,6 +127,8 @@ pub mod attr {
     pub const NUM_KV_HEADS: &str = "num_kv_heads";
     pub const SCALE: &str = "scale";
     pub const EXACT_CURRENT: &str = "exact_current";
+    pub const SINKS: &str = "sinks";
+    pub const WINDOW: &str = "window";
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Attribute {
@@ -151,7 +140,7 @@ pub mod attr {
         pub meaning: &'static str,
     }
 
-    pub const ALL: [Attribute; 4] = [
+    pub const ALL: [Attribute; 6] = [
         Attribute {
             name: NUM_HEADS,
             kind: "int",
@@ -176,19 +165,76 @@ pub mod attr {
             default: Some("0"),
             meaning: "1: score this call's own keys exactly instead of through their codes",
         },
+        Attribute {
+            name: SINKS,
+            kind: "int",
+            default: Some("0"),
+            meaning: "the first `sinks` tokens are kept in full precision and scored exactly",
+        },
+        Attribute {
+            name: WINDOW,
+            kind: "int",
+            default: Some("0"),
+            meaning: "each query scores its `window` most recent tokens exactly (kept in full precision)",
+        },
     ];
+}
+
+/// The full-precision key window (`sinks` > 0 or `window` > 0): for a cache of `n` tokens it holds
+/// the keys of tokens `[0, min(n, sinks))` then `[max(sinks, n - window), n)`, in that order.
+pub mod window {
+    /// Rows of the window of a cache of `n` tokens.
+    pub fn rows(n: usize, sinks: usize, window: usize) -> usize {
+        n.min(sinks + window)
+    }
+
+    /// The token held by window row `r` of a cache of `n` tokens.
+    pub fn token(r: usize, n: usize, sinks: usize, window: usize) -> usize {
+        let kept = n.min(sinks);
+        if r < kept {
+            r
+        } else {
+            sinks.max(n.saturating_sub(window)) + (r - kept)
+        }
+    }
+
+    /// The window row holding token `t` of a cache of `n` tokens, if any.
+    pub fn row(t: usize, n: usize, sinks: usize, window: usize) -> Option<usize> {
+        let kept = n.min(sinks);
+        let recent = sinks.max(n.saturating_sub(window));
+        if t < kept {
+            Some(t)
+        } else if t >= recent && t < n {
+            Some(kept + t - recent)
+        } else {
+            None
+        }
+    }
+
+    /// Whether a query at position `p` scores token `t <= p` exactly: a sink, or one of its
+    /// `window` most recent tokens (itself included).
+    pub fn exact(t: usize, p: usize, sinks: usize, window: usize) -> bool {
+        t < sinks || p - t < window
+    }
 }
 
 /// How rewritten models name the tensors the rewrite adds.
 pub mod naming {
     /// Suffix of a key-code cache tensor: `past_key_values.0.key` → `past_key_values.0.key_codes`.
     pub const CODES_SUFFIX: &str = "_codes";
+    /// Suffix of a key-window cache tensor: `past_key_values.0.key` → `past_key_values.0.key_window`.
+    pub const WINDOW_SUFFIX: &str = "_window";
     /// Prefix of the codebooks initializer of layer N: `lookat.codebooks.N`.
     pub const CODEBOOKS_PREFIX: &str = "lookat.codebooks.";
 
     /// The code tensor that replaces a float key cache tensor.
     pub fn codes_name(key_tensor: &str) -> String {
         format!("{key_tensor}{CODES_SUFFIX}")
+    }
+
+    /// The full-precision key window tensor that accompanies a key cache tensor.
+    pub fn window_name(key_tensor: &str) -> String {
+        format!("{key_tensor}{WINDOW_SUFFIX}")
     }
 
     /// The codebooks initializer of the `layer`-th LookatAttention node.
@@ -317,8 +363,11 @@ pub struct CacheBytes {
     pub head_dim: usize,
     pub subspaces: usize,
     pub centroids: usize,
-    /// Bytes of one value element in the rewritten cache (4 float32, 2 float16).
+    /// Bytes of one value element in the rewritten cache (4 float32, 2 float16); the key window
+    /// has the same element type.
     pub value_elem_bytes: usize,
+    /// Tokens of the full-precision key window (`sinks + window`).
+    pub window_tokens: usize,
 }
 
 impl CacheBytes {
@@ -342,14 +391,20 @@ impl CacheBytes {
         4 * self.kv_heads * self.centroids * self.head_dim
     }
 
-    /// Key bytes per token with the codebooks amortised over `tokens` tokens.
+    /// The key window of a full cache, paid once per sequence (not per token).
+    pub fn key_window(&self) -> usize {
+        self.value_elem_bytes * self.kv_heads * self.head_dim * self.window_tokens
+    }
+
+    /// Key bytes per token at `tokens` tokens: codes, plus the codebooks and the key window
+    /// amortised over the sequence.
     pub fn keys_amortised(&self, tokens: usize) -> f64 {
         self.keys_amortised_f64(tokens.max(1) as f64)
     }
 
     /// [`Self::keys_amortised`] for a real-valued length (`f64::INFINITY`: codes only).
     pub fn keys_amortised_f64(&self, tokens: f64) -> f64 {
-        self.key_codes() as f64 + self.codebooks() as f64 / tokens
+        self.key_codes() as f64 + (self.codebooks() + self.key_window()) as f64 / tokens
     }
 }
 
@@ -374,11 +429,10 @@ fn json_ports(ports: &[Port]) -> String {
         .enumerate()
         .map(|(i, p)| {
             format!(
-                "    {{\"index\": {i}, \"name\": {}, \"elem\": {}, \"optional\": {}, \"reserved\": {}, \"shape\": {}}}",
+                "    {{\"index\": {i}, \"name\": {}, \"elem\": {}, \"optional\": {}, \"shape\": {}}}",
                 json_str(p.name),
                 json_str(p.elem.name()),
                 p.optional,
-                p.reserved,
                 json_str(p.shape)
             )
         })
@@ -419,9 +473,10 @@ pub fn json() -> String {
          \"domain\": {},\n  \"op_name\": {},\n  \"opset_version\": {OPSET_VERSION},\n  \
          \"min_ort_api_version\": {MIN_ORT_API_VERSION},\n  \"min_onnxruntime\": {},\n  \
          \"max_centroids\": {MAX_CENTROIDS},\n  \"inputs\": {},\n  \"outputs\": {},\n  \
-         \"attributes\": [\n{}\n  ],\n  \"codes_suffix\": {},\n  \"codebooks_prefix\": {},\n  \
+         \"attributes\": [\n{}\n  ],\n  \"codes_suffix\": {},\n  \"window_suffix\": {},\n  \"codebooks_prefix\": {},\n  \
          \"codebooks_layout\": \"[heads, subspaces, centroids, sub_dim], row-major\",\n  \
-         \"cache_bytes_per_token\": {{\"key_codes\": \"kv_heads * subspaces\", \"values\": \"value_elem_bytes * kv_heads * head_dim\", \"float_keys\": \"4 * kv_heads * head_dim\", \"codebooks_per_layer\": \"4 * kv_heads * centroids * head_dim\"}},\n  \
+         \"key_window_rows\": \"tokens [0, min(n, sinks)) then [max(sinks, n - window), n) of a cache of n tokens\",\n  \
+         \"cache_bytes_per_token\": {{\"key_codes\": \"kv_heads * subspaces\", \"values\": \"value_elem_bytes * kv_heads * head_dim\", \"float_keys\": \"4 * kv_heads * head_dim\", \"codebooks_per_layer\": \"4 * kv_heads * centroids * head_dim\", \"key_window_per_sequence\": \"value_elem_bytes * kv_heads * head_dim * (sinks + window)\"}},\n  \
          \"metadata_keys\": [{meta}]\n}}\n",
         json_str(DOMAIN),
         json_str(OP_NAME),
@@ -430,6 +485,7 @@ pub fn json() -> String {
         json_ports(&output::PORTS),
         attrs.join(",\n"),
         json_str(naming::CODES_SUFFIX),
+        json_str(naming::WINDOW_SUFFIX),
         json_str(naming::CODEBOOKS_PREFIX),
     )
 }
@@ -471,19 +527,51 @@ mod tests {
             subspaces: 4,
             centroids: 256,
             value_elem_bytes: 2,
+            window_tokens: 0,
         };
         assert_eq!(
             (b.float_keys(), b.key_codes(), b.values(), b.codebooks()),
             (3072, 48, 1536, 786_432)
         );
         assert_eq!(b.keys_amortised(1024), 48.0 + 768.0);
+        let w = CacheBytes {
+            window_tokens: 68,
+            ..b
+        };
+        assert_eq!(w.key_window(), 2 * 12 * 64 * 68);
+        assert_eq!(w.keys_amortised(1024), 48.0 + 768.0 + 102.0);
+    }
+
+    #[test]
+    fn window_rows_and_tokens_agree() {
+        for (sinks, window) in [(0, 1), (4, 64), (4, 0), (1, 3)] {
+            for n in 0..200 {
+                let rows = window::rows(n, sinks, window);
+                let mut seen = 0;
+                for t in 0..n {
+                    if let Some(r) = window::row(t, n, sinks, window) {
+                        assert_eq!(window::token(r, n, sinks, window), t);
+                        assert_eq!(r, seen, "rows in token order");
+                        seen += 1;
+                    }
+                    // The newest query (position n-1) scores exactly what the window holds.
+                    assert_eq!(
+                        window::exact(t, n - 1, sinks, window),
+                        window::row(t, n, sinks, window).is_some(),
+                        "n={n} t={t} sinks={sinks} window={window}"
+                    );
+                }
+                assert_eq!(seen, rows);
+            }
+        }
     }
 
     #[test]
     fn tables_are_consistent() {
         assert_eq!(input::name(input::CODEBOOKS), "codebooks");
         assert_eq!(output::name(output::PRESENT_VALUE), "present_value");
-        assert!(input::PORTS[input::PAST_KEY_WINDOW].reserved);
+        assert_eq!(window::rows(5, 4, 64), 5);
+        assert_eq!(window::rows(500, 4, 64), 68);
         assert_eq!(min_onnxruntime(), "1.17");
         assert_eq!(naming::codes_name("present.3.key"), "present.3.key_codes");
         assert_eq!(naming::codebooks_name(7), "lookat.codebooks.7");

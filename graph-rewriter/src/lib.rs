@@ -35,6 +35,8 @@ pub fn fuzz_rewrite(data: &[u8]) -> bool {
         subspaces: 1 << (first % 7),
         centroids: 1 + (first as usize * 7) % 256,
         value_dtype: ValueDtype::F32,
+        sinks: (first % 3) as usize,
+        window: [0, 1, 16][(first as usize / 3) % 3],
     };
     let ok = rewrite(&mut model, &opts).is_ok();
     ok && model.write_to_bytes().is_ok()

@@ -38,6 +38,14 @@ struct Cli {
     /// Element type of the value cache in the rewritten model.
     #[arg(long, value_enum, default_value = "f32")]
     value_dtype: ValueDtypeArg,
+    /// Keep the keys of the first SINKS tokens of every sequence in full precision (value type)
+    /// and score them exactly (attention sinks).
+    #[arg(long, value_name = "SINKS", default_value_t = 0)]
+    sinks: usize,
+    /// Score each query's WINDOW most recent tokens exactly, from full-precision keys kept in a
+    /// window cache beside the codes (`<key>_window` inputs and outputs).
+    #[arg(long, value_name = "WINDOW", default_value_t = 0)]
+    window: usize,
     /// Print, for every candidate that did not match, which pattern failed and why.
     #[arg(long)]
     explain: bool,
@@ -95,6 +103,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             ValueDtypeArg::F32 => ValueDtype::F32,
             ValueDtypeArg::F16 => ValueDtype::F16,
         },
+        sinks: cli.sinks,
+        window: cli.window,
     };
     let report = rewrite(&mut model, &opts)?;
     let input_dir = cli

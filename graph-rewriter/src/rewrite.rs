@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use lookat_contract::{attr, input, naming, output, CacheBytes, CodebookShape, DOMAIN, OP_NAME};
 use lookat_onnx::build::{
     dims_text, elem_name, float_attribute, int64_tensor, int_attribute, node, retyped,
-    tensor_type_mut,
+    tensor_type_mut, value_info, Dim,
 };
 use lookat_onnx::edit::{check_consistency, remove_dead, topological_sort};
 use lookat_onnx::graph::{attr_int, is_op, GraphIndex};
@@ -50,6 +50,16 @@ pub struct Options {
     pub subspaces: usize,
     pub centroids: usize,
     pub value_dtype: ValueDtype,
+    /// Tokens at the start of every sequence kept in full precision (attribute `sinks`).
+    pub sinks: usize,
+    /// Most recent tokens each query scores from full-precision keys (attribute `window`).
+    pub window: usize,
+}
+
+impl Options {
+    pub fn windowed(&self) -> bool {
+        self.sinks + self.window > 0
+    }
 }
 
 /// One graph input or output whose name or type the rewrite changed.
@@ -141,7 +151,8 @@ impl std::fmt::Display for Refusal {
 
 impl std::error::Error for Refusal {}
 
-/// The float key cache of one layer becoming codes.
+/// The float key cache of one layer becoming codes (and, with a window, a full-precision key
+/// window beside them).
 #[derive(Debug, Clone)]
 struct CacheRewrite {
     past_key: String,
@@ -150,6 +161,8 @@ struct CacheRewrite {
     present_key: String,
     present_codes: String,
     present_value: String,
+    /// (past, present) key window tensors, when the node keeps one.
+    window: Option<(String, String)>,
 }
 
 /// Everything one block adds to and changes in the graph, computed before any edit.
@@ -190,6 +203,12 @@ pub fn plan_block(layer: usize, b: &AttentionBlock, opts: &Options) -> Result<La
         present_key: c.present_key.clone(),
         present_codes: naming::codes_name(&c.present_key),
         present_value: c.present_value.clone(),
+        window: opts.windowed().then(|| {
+            (
+                naming::window_name(&c.past_key),
+                naming::window_name(&c.present_key),
+            )
+        }),
     });
     let (past_codes, past_value, present_codes, present_value) = match &cache {
         Some(c) => (
@@ -205,7 +224,15 @@ pub fn plan_block(layer: usize, b: &AttentionBlock, opts: &Options) -> Result<La
             format!("lookat.{layer}.present_value"),
         ),
     };
-    let mut inputs = vec![String::new(); input::CODEBOOKS + 1];
+    let (past_window, present_window) = match cache.as_ref().and_then(|c| c.window.clone()) {
+        Some(w) => w,
+        None if opts.windowed() => (
+            String::new(),
+            format!("lookat.{layer}.present_key_window"),
+        ),
+        None => (String::new(), String::new()),
+    };
+    let mut inputs = vec![String::new(); input::PAST_KEY_WINDOW + 1];
     inputs[input::QUERY] = b.query.clone();
     inputs[input::KEY] = b.key.clone();
     inputs[input::VALUE] = b.value.clone();
@@ -213,22 +240,33 @@ pub fn plan_block(layer: usize, b: &AttentionBlock, opts: &Options) -> Result<La
     inputs[input::PAST_VALUE] = past_value;
     inputs[input::ATTENTION_MASK] = b.mask.clone().unwrap_or_default();
     inputs[input::CODEBOOKS] = books;
+    inputs[input::PAST_KEY_WINDOW] = past_window;
     // The op writes [B, S, E]; a model that flattens to [B*S, E] gets that Reshape back.
     let op_output = if b.output_rank == 3 {
         b.output.clone()
     } else {
         format!("lookat.{layer}.output")
     };
-    let mut outputs = vec![String::new(); output::PRESENT_VALUE + 1];
+    let mut outputs = vec![String::new(); output::PRESENT_KEY_WINDOW + 1];
     outputs[output::OUTPUT] = op_output.clone();
     outputs[output::PRESENT_KEY_CODES] = present_codes.clone();
     outputs[output::PRESENT_VALUE] = present_value.clone();
+    outputs[output::PRESENT_KEY_WINDOW] = present_window.clone();
+    while outputs.last().is_some_and(String::is_empty) {
+        outputs.pop();
+    }
     let mut attributes = vec![int_attribute(attr::NUM_HEADS, b.heads as i64)];
     if b.kv_heads != b.heads {
         attributes.push(int_attribute(attr::NUM_KV_HEADS, b.kv_heads as i64));
     }
     if let Some(s) = b.scale {
         attributes.push(float_attribute(attr::SCALE, s));
+    }
+    if opts.sinks > 0 {
+        attributes.push(int_attribute(attr::SINKS, opts.sinks as i64));
+    }
+    if opts.window > 0 {
+        attributes.push(int_attribute(attr::WINDOW, opts.window as i64));
     }
     let mut lookat = node(
         &format!("lookat_attention_{layer}"),
@@ -263,7 +301,10 @@ pub fn plan_block(layer: usize, b: &AttentionBlock, opts: &Options) -> Result<La
     Ok(LayerPlan {
         nodes,
         initializers,
-        taken: vec![b.output.clone(), present_codes, present_value],
+        taken: [b.output.clone(), present_codes, present_value, present_window]
+            .into_iter()
+            .filter(|t| !t.is_empty())
+            .collect(),
         cache,
         bytes: CacheBytes {
             kv_heads: b.kv_heads,
@@ -271,6 +312,7 @@ pub fn plan_block(layer: usize, b: &AttentionBlock, opts: &Options) -> Result<La
             subspaces: opts.subspaces,
             centroids: opts.centroids,
             value_elem_bytes: opts.value_dtype.bytes(),
+            window_tokens: opts.sinks + opts.window,
         },
     })
 }
@@ -356,6 +398,29 @@ fn apply_plan(
             t.elem_type = values as i32;
         }
         changes.push(change(vi, "output", elem_name(values)));
+    }
+    if let Some((past_window, present_window)) = &c.window {
+        // The key window: [batch, kv heads, rows, D] in the value type, next to the codes.
+        let (h, d) = (plan.bytes.kv_heads, plan.bytes.head_dim);
+        let window_vi = |name: &str, rows: &str| {
+            value_info(name, values, &[Dim::from("batch"), h.into(), rows.into(), d.into()])
+        };
+        let pos = graph
+            .input
+            .iter()
+            .position(|vi| vi.name == c.past_value)
+            .map_or(graph.input.len(), |p| p + 1);
+        let vi = window_vi(past_window, "past_window");
+        changes.push(change(&vi, "input", elem_name(values)));
+        graph.input.insert(pos, vi);
+        let pos = graph
+            .output
+            .iter()
+            .position(|vi| vi.name == c.present_value)
+            .map_or(graph.output.len(), |p| p + 1);
+        let vi = window_vi(present_window, "present_window");
+        changes.push(change(&vi, "output", elem_name(values)));
+        graph.output.insert(pos, vi);
     }
     Ok(changes)
 }
@@ -520,6 +585,8 @@ mod tests {
                 subspaces: 4,
                 centroids: 256,
                 value_dtype: ValueDtype::F32,
+            sinks: 0,
+            window: 0,
             },
         )
         .unwrap_err();

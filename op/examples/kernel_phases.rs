@@ -73,11 +73,13 @@ fn call<V: ValueElem>(t: usize, s: usize, m: usize, books: &PreparedCodebooks, r
                 attention_mask: None,
                 codebooks: raw,
                 prepared: Some(books),
+                past_key_window: &[],
             },
             AttentionOutputs {
                 output: &mut out,
                 present_key_codes: &mut present_codes,
                 present_value: &mut present_values,
+                present_key_window: &mut [],
             },
             &Serial,
         )

@@ -50,12 +50,20 @@ struct Case {
     group: usize,
     /// `[B, H, S, D]` inputs instead of `[B, S, H·D]`.
     head_major: bool,
+    /// Full-precision key window: sink tokens and recent tokens per query (0, 0: none).
+    sinks: usize,
+    window: usize,
 }
 
 struct Data {
     /// Query heads per kv head and the input layout, as the reference reads them.
     group: usize,
     head_major: bool,
+    sinks: usize,
+    window: usize,
+    /// Full-precision keys of the past tokens `[B, H_kv, P, D]` (their codes are random: the op
+    /// never relates the two), from which the past key window is taken.
+    past_keys: Vec<f32>,
     g: Geometry,
     query: Vec<f32>,
     key: Vec<f32>,
@@ -81,6 +89,9 @@ fn make_data(c: Case, rng: &mut Rng) -> Data {
     Data {
         group: c.group,
         head_major: c.head_major,
+        sinks: c.sinks,
+        window: c.window,
+        past_keys: rng.vec(c.b * c.h * c.p * c.d, 1.5),
         g: Geometry {
             batch: c.b,
             heads: c.h * c.group,
@@ -109,6 +120,35 @@ fn make_data(c: Case, rng: &mut Rng) -> Data {
 }
 
 impl Data {
+    /// Tokens a key window of a cache of `n` tokens holds, in order: the sinks, then the most
+    /// recent `window` (written out here, not with the contract's helpers).
+    fn window_tokens(&self, n: usize) -> Vec<usize> {
+        let mut tokens: Vec<usize> = (0..n.min(self.sinks)).collect();
+        let recent_from = n.saturating_sub(self.window).max(self.sinks);
+        tokens.extend(recent_from..n);
+        tokens
+    }
+
+    fn windowed(&self) -> bool {
+        self.sinks + self.window > 0
+    }
+
+    /// The past key window `[B, H_kv, rows, D]` in the value type's precision.
+    fn past_window<V: ValueElem>(&self) -> Vec<V> {
+        if !self.windowed() {
+            return vec![];
+        }
+        let g = &self.g;
+        let (p, d) = (g.past_tokens, g.head_dim);
+        let mut out = vec![];
+        for bh in 0..g.batch * g.kv_heads {
+            for t in self.window_tokens(p) {
+                out.extend(self.past_keys[(bh * p + t) * d..][..d].iter().map(|&k| V::from_f32(k)));
+            }
+        }
+        out
+    }
+
     /// Offset of (batch b, head h of `heads`, new token s) in a query/key/value input, computed
     /// here from the layout (not with the kernel's Geometry helpers).
     fn row(&self, b: usize, h: usize, heads: usize, s: usize) -> usize {
@@ -135,6 +175,7 @@ struct Run<V> {
     output: Vec<f32>,
     codes: Vec<u8>,
     values: Vec<V>,
+    window: Vec<V>,
 }
 
 fn run_kernel<V: ValueElem>(
@@ -145,10 +186,17 @@ fn run_kernel<V: ValueElem>(
     let g = &data.g;
     let t = g.total_tokens();
     let past_value: Vec<V> = data.past_value.iter().map(|&v| V::from_f32(v)).collect();
+    let past_window = data.past_window::<V>();
+    let window_rows = if data.windowed() {
+        data.window_tokens(t).len()
+    } else {
+        0
+    };
     let mut run = Run {
         output: vec![f32::NAN; g.batch * g.new_tokens * g.hidden()],
         codes: vec![0xEE; g.batch * g.kv_heads * t * g.subspaces],
         values: vec![V::from_f32(f32::NAN); g.batch * g.kv_heads * t * g.head_dim],
+        window: vec![V::from_f32(f32::NAN); g.batch * g.kv_heads * window_rows * g.head_dim],
     };
     lookat_attention(
         g,
@@ -162,11 +210,13 @@ fn run_kernel<V: ValueElem>(
             attention_mask: data.mask.as_deref(),
             codebooks: &data.codebooks,
             prepared: None,
+            past_key_window: &past_window,
         },
         AttentionOutputs {
             output: &mut run.output,
             present_key_codes: &mut run.codes,
             present_value: &mut run.values,
+            present_key_window: &mut run.window,
         },
         par,
     )?;
@@ -258,7 +308,25 @@ fn reference_output(
                         continue;
                     }
                     let mut acc = 0.0f64;
-                    if opts.exact_current && t >= g.past_tokens {
+                    let position = g.past_tokens + s;
+                    let in_window = t < data.sinks || position - t < data.window;
+                    if in_window {
+                        // The full-precision key, stored in the value type's precision.
+                        let key: Vec<f64> = if t >= g.past_tokens {
+                            data.key_row(b, kv, t - g.past_tokens)
+                                .iter()
+                                .map(|&k| store(k))
+                                .collect()
+                        } else {
+                            data.past_keys[(bh * g.past_tokens + t) * d..][..d]
+                                .iter()
+                                .map(|&k| store(k))
+                                .collect()
+                        };
+                        for i in 0..d {
+                            acc += q[i] as f64 * key[i];
+                        }
+                    } else if opts.exact_current && t >= g.past_tokens {
                         let key = data.key_row(b, kv, t - g.past_tokens);
                         for i in 0..d {
                             acc += q[i] as f64 * key[i] as f64;
@@ -307,8 +375,35 @@ fn check_case_on<V: ValueElem>(c: Case, rng: &mut Rng, round_f16: bool, par: &dy
     let opts = AttentionOptions {
         scale: None,
         exact_current: c.exact_current,
+        sinks: c.sinks,
+        window: c.window,
     };
     let run = run_kernel::<V>(&data, &opts, par).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    // The present window: the sinks and most recent tokens of the present cache, in order.
+    if data.windowed() {
+        let (t_n, d) = (data.g.total_tokens(), data.g.head_dim);
+        let tokens = data.window_tokens(t_n);
+        for b in 0..data.g.batch {
+            for kv in 0..data.g.kv_heads {
+                let bh = b * data.g.kv_heads + kv;
+                for (r, &t) in tokens.iter().enumerate() {
+                    let want: Vec<f32> = if t >= data.g.past_tokens {
+                        data.key_row(b, kv, t - data.g.past_tokens).to_vec()
+                    } else {
+                        data.past_keys[(bh * data.g.past_tokens + t) * d..][..d].to_vec()
+                    };
+                    for (i, &k) in want.iter().enumerate() {
+                        let got = run.window[((bh * tokens.len()) + r) * d + i];
+                        assert_eq!(
+                            got.to_f32(),
+                            V::from_f32(k).to_f32(),
+                            "{c:?} present window row {r}"
+                        );
+                    }
+                }
+            }
+        }
+    }
     check_codes(&data, &run.codes);
     let reference = reference_output(&data, &run.codes, &opts, round_f16);
     let err = max_abs_diff(&run.output, &reference);
@@ -360,6 +455,8 @@ fn matches_f64_reference_over_the_issue_grid() {
                                     exact_current: false,
                                     group: 1,
                                     head_major: false,
+                                    sinks: 0,
+                                    window: 0,
                                 };
                                 // Alternate the value type so both are covered on the whole grid.
                                 if (cases % 2) == 0 {
@@ -401,6 +498,8 @@ fn grouped_query_attention_in_both_layouts() {
                         exact_current: cases % 5 == 0,
                         group,
                         head_major,
+                        sinks: 0,
+                        window: 0,
                     };
                     check_case::<f32>(c, &mut rng, false);
                     check_case::<f16>(c, &mut rng, true);
@@ -434,6 +533,8 @@ fn grouped_query_split_decode_matches_reference() {
             exact_current: s > 1,
             group,
             head_major,
+            sinks: 0,
+            window: 0,
         };
         check_case_on::<f32>(c, &mut rng, false, &Threads(4));
         check_case_on::<f16>(c, &mut rng, true, &Threads(3));
@@ -463,6 +564,8 @@ fn both_value_types_and_exact_current_on_a_smaller_grid() {
                 exact_current,
                 group: 1,
                 head_major: false,
+                sinks: 0,
+                window: 0,
             };
             check_case::<f32>(c, &mut rng, false);
             check_case::<f16>(c, &mut rng, true);
@@ -495,6 +598,8 @@ fn lossless_when_keys_are_centroids() {
             exact_current: false,
             group: 1,
             head_major: false,
+            sinks: 0,
+            window: 0,
         };
         let mut data = make_data(c, &mut rng);
         let sub = d / m;
@@ -609,6 +714,8 @@ fn threaded_runs_equal_serial_runs_bit_for_bit() {
         exact_current: false,
         group: 1,
         head_major: false,
+        sinks: 0,
+        window: 0,
     };
     let data = make_data(c, &mut rng);
     let opts = AttentionOptions::default();
@@ -636,6 +743,8 @@ fn codes_beyond_the_codebook_are_refused() {
         exact_current: false,
         group: 1,
         head_major: false,
+        sinks: 0,
+        window: 0,
     };
     let mut data = make_data(c, &mut rng);
     data.past_codes[(2 * 4 + 3) * 4 + 1] = 16; // batch 1, head 0, token 3, subspace 1
@@ -668,6 +777,8 @@ fn fully_padded_query_rows_give_zeros_not_nan() {
         exact_current: false,
         group: 1,
         head_major: false,
+        sinks: 0,
+        window: 0,
     };
     let mut data = make_data(c, &mut rng);
     data.mask = Some(vec![0, 0, 1, 1]);
@@ -805,6 +916,8 @@ fn long_prefill_and_decode_over_many_blocks() {
             exact_current: false,
             group: 1,
             head_major: false,
+            sinks: 0,
+            window: 0,
         };
         check_case::<f32>(c, &mut rng, false);
         check_case::<f16>(c, &mut rng, true);
@@ -937,8 +1050,168 @@ fn split_decode_matches_reference() {
             exact_current,
             group: 1,
             head_major: false,
+            sinks: 0,
+            window: 0,
         };
         check_case_on::<f32>(c, &mut rng, false, &Threads(4));
         check_case_on::<f16>(c, &mut rng, true, &Threads(3));
     }
+}
+
+/// A full-precision key window (sink tokens, each query's most recent tokens) against the f64
+/// reference: multi-head and grouped-query, both layouts, prefill and decode, masks, windows
+/// longer and shorter than the cache, both value types (the window is stored in that type).
+#[test]
+fn key_window_matches_reference() {
+    let mut rng = Rng(0x3a11);
+    let mut cases = 0;
+    for (sinks, window) in [(4, 16), (0, 1), (2, 0), (1, 300), (4, 64)] {
+        for (kv, group, head_major) in [(2, 1, false), (3, 3, true), (1, 2, false)] {
+            for (p, s) in [(0, 9), (40, 1), (100, 30), (5, 2)] {
+                let c = Case {
+                    b: 2,
+                    h: kv,
+                    d: 64,
+                    p,
+                    s,
+                    m: 8,
+                    k: 256,
+                    masked: cases % 2 == 0,
+                    exact_current: cases % 7 == 3,
+                    group,
+                    head_major,
+                    sinks,
+                    window,
+                };
+                check_case::<f32>(c, &mut rng, false);
+                check_case::<f16>(c, &mut rng, true);
+                cases += 1;
+            }
+        }
+    }
+    assert_eq!(cases, 5 * 3 * 4);
+}
+
+/// With a key window, one prefill of T tokens and T decode steps that feed each present cache
+/// (codes, values, window) back as the next past give the same caches bit for bit and the same
+/// attention outputs up to float summation order; the split (flash-decoding) path included.
+#[test]
+fn key_window_prefill_and_decode_agree() {
+    for (value_f16, par) in [(false, 1), (true, 4)] {
+        let (h, group, d, m, k, t_n, sinks, window) = (2, 2, 64, 4, 16, 1200, 3, 40);
+        let mut rng = Rng(0xdec0de);
+        let c = Case {
+            b: 1,
+            h,
+            d,
+            p: 0,
+            s: t_n,
+            m,
+            k,
+            masked: false,
+            exact_current: false,
+            group,
+            head_major: true,
+            sinks,
+            window,
+        };
+        let full = make_data(c, &mut rng);
+        let opts = AttentionOptions {
+            scale: None,
+            exact_current: false,
+            sinks,
+            window,
+        };
+        let threads = Threads(par);
+        let run_all = |data: &Data| -> (Vec<f32>, Vec<u8>, Vec<f32>, Vec<f32>) {
+            if value_f16 {
+                let r = run_kernel::<f16>(data, &opts, &threads).unwrap();
+                let to = |v: &[f16]| v.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+                (r.output, r.codes, to(&r.values), to(&r.window))
+            } else {
+                let r = run_kernel::<f32>(data, &opts, &threads).unwrap();
+                (r.output, r.codes, r.values, r.window)
+            }
+        };
+        let (prefill_out, prefill_codes, prefill_values, prefill_window) = run_all(&full);
+
+        // Decode: token by token, each step's present fed back as the next past.
+        let e = h * group * d;
+        let (mut codes, mut values, mut window_rows) = (vec![], vec![], vec![]);
+        for t in 0..t_n {
+            // Row t of head hh of a head-major [1, heads, T, D] input.
+            let rows = |x: &[f32], heads: usize| -> Vec<f32> {
+                (0..heads)
+                    .flat_map(|hh| x[(hh * t_n + t) * d..][..d].to_vec())
+                    .collect()
+            };
+            let mut step = make_data(Case { p: t, s: 1, ..c }, &mut Rng(1));
+            step.query = rows(&full.query, h * group);
+            step.key = rows(&full.key, h);
+            step.value = rows(&full.value, h);
+            step.codebooks = full.codebooks.clone();
+            step.past_codes = codes;
+            step.past_value = values;
+            // The past window is the one the previous step returned, not one rebuilt from keys.
+            let r = if value_f16 {
+                let w: Vec<f16> = window_rows.iter().map(|&x| f16::from_f32(x)).collect();
+                run_with_window::<f16>(&step, &opts, &threads, &w)
+            } else {
+                run_with_window::<f32>(&step, &opts, &threads, &window_rows)
+            };
+            for i in 0..e {
+                let (want, got) = (prefill_out[t * e + i], r.0[i]);
+                assert!(
+                    (want - got).abs() <= 2e-5 * (1.0 + want.abs()),
+                    "f16={value_f16} token {t} element {i}: prefill {want} decode {got}"
+                );
+            }
+            (codes, values, window_rows) = (r.1, r.2, r.3);
+        }
+        assert_eq!(codes, prefill_codes, "f16={value_f16} codes");
+        assert_eq!(values, prefill_values, "f16={value_f16} values");
+        assert_eq!(window_rows, prefill_window, "f16={value_f16} key window");
+    }
+}
+
+/// Runs one call with `past_window` given as is; returns (output, codes, values, window) as f32.
+fn run_with_window<V: ValueElem>(
+    data: &Data,
+    opts: &AttentionOptions,
+    par: &dyn ParallelFor,
+    past_window: &[V],
+) -> (Vec<f32>, Vec<u8>, Vec<f32>, Vec<f32>) {
+    let g = data.g;
+    let t = g.total_tokens();
+    let rows = data.window_tokens(t).len();
+    let past_value: Vec<V> = data.past_value.iter().map(|&v| V::from_f32(v)).collect();
+    let mut output = vec![0f32; g.batch * g.new_tokens * g.hidden()];
+    let mut codes = vec![0u8; g.batch * g.kv_heads * t * g.subspaces];
+    let mut values = vec![V::from_f32(0.0); g.batch * g.kv_heads * t * g.head_dim];
+    let mut window = vec![V::from_f32(0.0); g.batch * g.kv_heads * rows * g.head_dim];
+    lookat_attention(
+        &g,
+        opts,
+        &AttentionInputs {
+            query: &data.query,
+            key: &data.key,
+            value: &data.value,
+            past_key_codes: &data.past_codes,
+            past_value: &past_value,
+            attention_mask: None,
+            codebooks: &data.codebooks,
+            prepared: None,
+            past_key_window: past_window,
+        },
+        AttentionOutputs {
+            output: &mut output,
+            present_key_codes: &mut codes,
+            present_value: &mut values,
+            present_key_window: &mut window,
+        },
+        par,
+    )
+    .unwrap();
+    let f = |v: &[V]| v.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
+    (output, codes, f(&values), f(&window))
 }

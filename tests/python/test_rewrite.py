@@ -314,3 +314,63 @@ def test_unwritable_output_is_a_clear_error(tmp_path):
     # Root ignores permission bits, so "unwritable" is a path the kernel refuses to create files in.
     proc = rewrite(src, pathlib.Path("/proc/lookat-out.onnx"), "--subspaces", "4", check=False)
     assert proc.returncode == 1 and "cannot create" in proc.stderr, proc.stderr
+
+
+def _window_fixtures():
+    pick = []
+    for want in ["tiny/tiny_l3_h4_d16/dyn18-eager-kv", "tiny/tiny_llama_l2_q4_kv2_d16/dyn18-eager-kv",
+                 "tiny/tiny_llama_l1_q6_kv2_d64/dyn23-sdpa-kv", "tiny/tiny_llama_l2_q4_kv2_d16/ts17-sdpa-kv"]:
+        pick += [f for f in FIXTURES if f["path"].endswith(want + ".onnx")]
+    assert len(pick) == 4, "window test fixtures missing from the manifest"
+    return pick
+
+
+def coarse_codebooks(keys):
+    """[H_kv, 1, 4, D]: four whole-key centroids per head (quantiles), a deliberately poor PQ."""
+    return np.quantile(keys, [0.1, 0.4, 0.6, 0.9], axis=0).transpose(1, 0, 2)[:, None].astype(np.float32)
+
+
+@pytest.mark.parametrize("fx", _window_fixtures(), ids=lambda f: f["path"].split("fixtures/")[-1])
+def test_key_window_through_onnxruntime(fx, tmp_path):
+    """`--sinks/--window`: the key window is cache I/O beside the codes, fed present -> past by a
+    plain onnxruntime loop. With deliberately poor codebooks (m = 1, K = 4) and a window covering
+    every token, every score is exact: the logits equal the original's. With a short window, the
+    prefill of the prompt and a token-by-token decode of it give the same logits."""
+    src = ROOT / fx["path"]
+    total = PROMPT + 8
+    dst = tmp_path / "w.onnx"
+    out = rewrite(src, dst, "--subspaces", "1", "--centroids", "4", "--sinks", "2", "--window", str(total)).stdout
+    assert "key_window" in out
+    model = onnx.load(str(dst))
+    onnx.checker.check_model(model, full_check=True)
+    io = {v.name for v in list(model.graph.input) + list(model.graph.output)}
+    assert {"past_key_values.0.key_window", "present.0.key_window"} <= io
+    rng = np.random.default_rng(5)
+    keys = collect_keys(src, model, rng.integers(0, fx["config"]["vocab_size"], (4, 32), dtype=np.int64))
+    cal = tmp_path / "w-cal.onnx"
+    write_codebooks(model, [coarse_codebooks(k) for k in keys], cal)
+    prompt = rng.integers(0, fx["config"]["vocab_size"], (1, PROMPT), dtype=np.int64)
+    want, want_logits = greedy(plain_session(src), prompt, 8)
+    got, got_logits = greedy(lookat_session(cal), prompt, 8)
+    diff = float(np.abs(got_logits - want_logits).max())
+    print(f"{fx['path']}: window over all tokens, max |dlogit| {diff:.2e}")
+    assert diff <= 1e-4 and got == want
+
+    # A short window: prefill of the whole prompt against one decode step per token.
+    short = tmp_path / "short.onnx"
+    rewrite(src, short, "--subspaces", "1", "--centroids", "4", "--sinks", "1", "--window", "5")
+    write_codebooks(onnx.load(str(short)), [coarse_codebooks(k) for k in keys], short)
+    sess = lookat_session(short)
+    names = [o.name for o in sess.get_outputs()]
+    prefill = dict(zip(names, sess.run(None, step_feeds(sess, prompt, 0, empty_past(sess, 1)))))
+    past, steps = empty_past(sess, 1), []
+    for t in range(PROMPT):
+        outs = dict(zip(names, sess.run(None, step_feeds(sess, prompt[:, t : t + 1], t, past))))
+        steps.append(outs["logits"][0, -1])
+        past = {n.replace("present.", "past_key_values.", 1): v for n, v in outs.items() if n.startswith("present.")}
+    step_diff = float(np.abs(np.stack(steps) - prefill["logits"][0]).max())
+    print(f"{fx['path']}: short window, prefill vs decode max |dlogit| {step_diff:.2e}")
+    assert step_diff <= 1e-4
+    for n, v in prefill.items():
+        if n.startswith("present."):
+            np.testing.assert_array_equal(v, past[n.replace("present.", "past_key_values.", 1)], err_msg=n)

@@ -27,6 +27,8 @@ fn rewritten(dir: &Path) -> PathBuf {
         subspaces: 4,
         centroids: 64,
         value_dtype: lookat_rewrite::ValueDtype::F32,
+    sinks: 0,
+    window: 0,
     };
     lookat_rewrite::rewrite(&mut model, &opts).unwrap();
     let out = dir.join("rewritten.onnx");

@@ -98,11 +98,13 @@ fn decode_loop<
                 attention_mask: Some(&mask),
                 codebooks: &codebooks,
                 prepared: None,
+                past_key_window: &[],
             },
             AttentionOutputs {
                 output: &mut want_out,
                 present_key_codes: &mut want_codes,
                 present_value: &mut want_values,
+                present_key_window: &mut [],
             },
             &Serial,
         )

@@ -86,6 +86,8 @@ fn rewritten(original: &Path, m: usize) -> Result<onnx_protobuf::ModelProto> {
         subspaces: m,
         centroids: K,
         value_dtype: lookat_rewrite::ValueDtype::F32,
+    sinks: 0,
+    window: 0,
     };
     lookat_rewrite::rewrite(&mut model, &opts)?;
     Ok(model)
@@ -287,6 +289,7 @@ fn run(cli: &Cli) -> Result<()> {
                     subspaces: *subspaces,
                     centroids: K,
                     value_elem_bytes: 4,
+                    window_tokens: 0,
                 };
                 n_layers as f64 * layer.keys_amortised_f64(t)
             }

@@ -11,6 +11,8 @@
 
 use std::ops::Range;
 
+use lookat_contract::window;
+
 use super::geometry::invalid;
 use super::{
     adc_scores, Geometry, LookatError, OnlineSoftmax, ParallelFor, PreparedCodebooks, ValueElem,
@@ -40,6 +42,17 @@ pub struct AttentionOptions {
     pub scale: Option<f32>,
     /// Score the keys of this call's own tokens exactly (`q·k`) instead of through their codes.
     pub exact_current: bool,
+    /// The first `sinks` tokens are scored exactly, from the full-precision key window.
+    pub sinks: usize,
+    /// Each query scores its `window` most recent tokens exactly (itself included).
+    pub window: usize,
+}
+
+impl AttentionOptions {
+    /// Whether the call keeps a full-precision key window (inputs and outputs `*_key_window`).
+    pub fn windowed(&self) -> bool {
+        self.sinks + self.window > 0
+    }
 }
 
 /// Flat, row-major input buffers; shapes are in [`Geometry`] and `docs/op-spec.md`.
@@ -59,6 +72,9 @@ pub struct AttentionInputs<'a, V> {
     pub attention_mask: Option<&'a [i64]>,
     /// `[H_kv, m, K, D/m]`
     pub codebooks: &'a [f32],
+    /// `[B, H_kv, min(P, sinks + window), D]`: the keys of the past's sink and most recent tokens
+    /// (`lookat_contract::window`); empty without a window.
+    pub past_key_window: &'a [V],
     /// `codebooks` already laid out for the kernels (the op does that once per session when
     /// they are an initializer); `None` lays them out in this call.
     pub prepared: Option<&'a PreparedCodebooks>,
@@ -73,6 +89,8 @@ pub struct AttentionOutputs<'a, V> {
     pub present_key_codes: &'a mut [u8],
     /// `[B, H_kv, P+S, D]`
     pub present_value: &'a mut [V],
+    /// `[B, H_kv, min(P+S, sinks + window), D]`; empty without a window.
+    pub present_key_window: &'a mut [V],
 }
 
 /// A raw pointer that tasks share to write disjoint parts of one output buffer.
@@ -153,6 +171,24 @@ pub fn lookat_attention<V: ValueElem>(
         out.present_value.len(),
         b_n * h_n * t_n * d,
     )?;
+    let (past_rows, present_rows) = if opts.windowed() {
+        (
+            window::rows(p_n, opts.sinks, opts.window),
+            window::rows(t_n, opts.sinks, opts.window),
+        )
+    } else {
+        (0, 0)
+    };
+    check_len(
+        "past_key_window",
+        inp.past_key_window.len(),
+        b_n * h_n * past_rows * d,
+    )?;
+    check_len(
+        "present_key_window",
+        out.present_key_window.len(),
+        b_n * h_n * present_rows * d,
+    )?;
     if k < 256 {
         if let Some(pos) = inp.past_key_codes.iter().position(|&c| c as usize >= k) {
             let (bh, rest) = (pos / (p_n * m), pos % (p_n * m));
@@ -189,10 +225,14 @@ pub fn lookat_attention<V: ValueElem>(
         books,
         scale: opts.scale.unwrap_or(1.0 / (d as f32).sqrt()),
         exact_current: opts.exact_current,
+        sinks: opts.sinks,
+        window: opts.window,
+        windowed: opts.windowed(),
         stream: present_bytes >= STREAM_MIN_BYTES,
         output: DisjointWriter(out.output.as_mut_ptr()),
         codes_out: DisjointWriter(out.present_key_codes.as_mut_ptr()),
         values_out: DisjointWriter(out.present_value.as_mut_ptr()),
+        window_out: DisjointWriter(out.present_key_window.as_mut_ptr()),
     };
     let tasks = b_n * h_n;
     if s_n == 0 {
@@ -201,6 +241,7 @@ pub fn lookat_attention<V: ValueElem>(
             let (codes, values) = unsafe { call.present(bh, 0..t_n) };
             codes.copy_from_slice(call.past_codes(bh));
             values.copy_from_slice(call.past_values(bh));
+            call.write_window(bh);
         });
         return Ok(());
     }
@@ -280,10 +321,14 @@ struct Call<'a, V> {
     books: &'a PreparedCodebooks,
     scale: f32,
     exact_current: bool,
+    sinks: usize,
+    window: usize,
+    windowed: bool,
     stream: bool,
     output: DisjointWriter<f32>,
     codes_out: DisjointWriter<u8>,
     values_out: DisjointWriter<V>,
+    window_out: DisjointWriter<V>,
 }
 
 // SAFETY: the writers are only used at ranges one task owns (see each use); the rest is shared
@@ -323,6 +368,54 @@ impl<V: ValueElem> Call<'_, V> {
     fn past_values(&self, bh: usize) -> &[V] {
         let (p, d) = (self.g.past_tokens, self.g.head_dim);
         &self.inp.past_value[bh * p * d..][..p * d]
+    }
+
+    /// The full-precision key of token `t` of task `bh`, as the window stores it (rounded to the
+    /// value type): from the past window for `t < P`, else from this call's keys. Only asked for
+    /// tokens a window holds (sinks, or recent for some query of the call).
+    fn window_key(&self, bh: usize, t: usize, out: &mut [f32]) {
+        let (p_n, d) = (self.g.past_tokens, self.g.head_dim);
+        if t >= p_n {
+            for (o, &k) in out.iter_mut().zip(self.new_kv(self.inp.key, bh, t - p_n)) {
+                *o = V::from_f32(k).to_f32();
+            }
+            return;
+        }
+        let rows = window::rows(p_n, self.sinks, self.window);
+        let r = window::row(t, p_n, self.sinks, self.window).unwrap_or(rows);
+        for (o, &k) in out
+            .iter_mut()
+            .zip(&self.inp.past_key_window[(bh * rows + r) * d..][..d])
+        {
+            *o = k.to_f32();
+        }
+    }
+
+    /// Writes the [b, kv head] block of the present key window: the sinks and the most recent
+    /// `window` tokens of the present cache.
+    fn write_window(&self, bh: usize) {
+        if !self.windowed {
+            return;
+        }
+        let (t_n, p_n, d) = (self.g.total_tokens(), self.g.past_tokens, self.g.head_dim);
+        let (past_rows, rows) = (
+            window::rows(p_n, self.sinks, self.window),
+            window::rows(t_n, self.sinks, self.window),
+        );
+        // SAFETY: the [b, kv head] block of the window belongs to task bh.
+        let out = unsafe { self.window_out.slice(bh * rows * d, rows * d) };
+        for (r, dst) in out.chunks_exact_mut(d).enumerate() {
+            let t = window::token(r, t_n, self.sinks, self.window);
+            if t >= p_n {
+                for (o, &k) in dst.iter_mut().zip(self.new_kv(self.inp.key, bh, t - p_n)) {
+                    *o = V::from_f32(k);
+                }
+            } else {
+                // A token the present window keeps was in the past window (sink or recent).
+                let pr = window::row(t, p_n, self.sinks, self.window).unwrap_or(0);
+                dst.copy_from_slice(&self.inp.past_key_window[(bh * past_rows + pr) * d..][..d]);
+            }
+        }
     }
 
     /// Rows `tokens` of the [b, kv head] block of the present codes and values.
@@ -375,6 +468,7 @@ impl<V: ValueElem> Call<'_, V> {
                 *dst = V::from_f32(v);
             }
         }
+        self.write_window(bh);
     }
 
     /// Lookup tables of queries `queries` of task `bh`, `m·K` floats each.
@@ -458,6 +552,7 @@ impl<V: ValueElem> Call<'_, V> {
             TOKEN_BLOCK
         };
         let mut scores = vec![0.0f32; block_len];
+        let mut exact_key = vec![0.0f32; if self.windowed { d } else { 0 }];
         for start in tokens.clone().step_by(block_len) {
             let end = (start + block_len).min(tokens.end);
             let past_end = end.min(p_n).max(start);
@@ -491,6 +586,18 @@ impl<V: ValueElem> Call<'_, V> {
                         let key = self.new_kv(self.inp.key, bh, t - p_n);
                         block[t - start] =
                             self.scale * query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>();
+                    }
+                }
+                if self.windowed {
+                    // Sinks, then the query's most recent tokens, scored from full-precision keys.
+                    let p = p_n + s;
+                    let recent = (p + 1).saturating_sub(self.window).max(start);
+                    let query = self.query(bh, i);
+                    for t in (start..stop.min(self.sinks)).chain(recent.max(self.sinks.min(stop))..stop) {
+                        debug_assert!(window::exact(t, p, self.sinks, self.window));
+                        self.window_key(bh, t, &mut exact_key);
+                        block[t - start] = self.scale
+                            * query.iter().zip(&exact_key).map(|(a, b)| a * b).sum::<f32>();
                     }
                 }
                 if let Some(mask) = mask {

@@ -123,12 +123,26 @@ pub fn fuzz_attention(data: &[u8]) -> bool {
     let opts = AttentionOptions {
         scale: (b.byte() % 2 == 0).then(|| b.float()),
         exact_current: b.byte() % 2 == 0,
+        sinks: [0, 0, 1, 4][b.small(3) as usize],
+        window: [0, 0, 1, 3, 64][b.small(4) as usize],
+    };
+    let rows = |n: usize| {
+        if opts.windowed() {
+            crate::contract::window::rows(n, opts.sinks, opts.window)
+        } else {
+            0
+        }
     };
     let t = g.total_tokens();
     // A wrong output length now and then, to reach the length checks.
     let skew = (b.byte() % 7 == 0) as usize;
     let workers = SerialReporting(1 + b.byte() as usize % 4);
     let mut output = vec![0f32; g.batch * g.new_tokens * g.hidden() + skew];
+    let past_key_window: Vec<f32> = (0..g.batch * g.kv_heads * rows(g.past_tokens) * g.head_dim)
+        .map(|_| b.float())
+        .collect();
+    let mut present_key_window =
+        vec![0f32; g.batch * g.kv_heads * rows(t) * g.head_dim + skew * (b.byte() % 2) as usize];
     let mut codes = vec![0u8; g.batch * g.kv_heads * t * g.subspaces];
     let mut values = vec![0f32; g.batch * g.kv_heads * t * g.head_dim];
     lookat_attention(
@@ -143,11 +157,13 @@ pub fn fuzz_attention(data: &[u8]) -> bool {
             attention_mask: with_mask.then_some(attention_mask.as_slice()),
             codebooks: &codebooks,
             prepared: None,
+            past_key_window: &past_key_window,
         },
         AttentionOutputs {
             output: &mut output,
             present_key_codes: &mut codes,
             present_value: &mut values,
+            present_key_window: &mut present_key_window,
         },
         &workers,
     )

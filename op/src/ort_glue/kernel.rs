@@ -13,7 +13,7 @@ use crate::kernels::{
     lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs, Geometry, LookatError,
     ParallelFor, PreparedCodebooks, ShapeInputs, ValueElem,
 };
-use lookat_contract::{attr, input, output, CodebookShape};
+use lookat_contract::{attr, input, output, window, CodebookShape};
 
 use ONNXTensorElementDataType::{
     ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT as FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 as INT64,
@@ -128,6 +128,21 @@ impl LookatKernel {
             ));
         }
 
+        let mut window_attrs = [0i64; 2];
+        for (name, slot) in [attr::SINKS, attr::WINDOW].iter().zip(window_attrs.iter_mut()) {
+            // SAFETY: info is valid; the name is a C string. Absent means 0.
+            let _ = api.is_ok(unsafe {
+                (raw.KernelInfoGetAttribute_int64)(info, c_name(name).as_ptr(), slot)
+            });
+            if !(0..=1 << 24).contains(slot) {
+                return Err(format!(
+                    "{node}: attribute '{name}' must be in 0..=16777216, got {}",
+                    *slot
+                ));
+            }
+        }
+        let [sinks, window] = window_attrs.map(|v| v as usize);
+
         let mut kernel = LookatKernel {
             api,
             node,
@@ -136,6 +151,8 @@ impl LookatKernel {
             options: AttentionOptions {
                 scale,
                 exact_current: exact_current == 1,
+                sinks,
+                window,
             },
             value_type,
             prepared: None,
@@ -238,27 +255,20 @@ impl LookatKernel {
         let internal = LookatError::Internal;
         let invalid = LookatError::InvalidArgument;
 
-        // SAFETY: ctx is valid for this call.
-        if unsafe { api.input(ctx, input::PAST_KEY_WINDOW) }
-            .map_err(internal)?
-            .is_some()
-        {
-            return Err(invalid(
-                "input 'past_key_window' is reserved for a later opset and must be left empty"
-                    .into(),
-            ));
-        }
+        let windowed = self.options.windowed();
         let mut outputs = 0usize;
         api.check(
-            // SAFETY: as above.
+            // SAFETY: ctx is valid for this call.
             unsafe { (api.raw().KernelContext_GetOutputCount)(ctx, &mut outputs) },
             "KernelContext_GetOutputCount",
         )
         .map_err(internal)?;
-        if outputs > output::PRESENT_KEY_WINDOW {
-            return Err(invalid(
-                "output 'present_key_window' is reserved for a later opset and must not be requested".into(),
-            ));
+        if windowed != (outputs > output::PRESENT_KEY_WINDOW) {
+            return Err(invalid(if windowed {
+                "output 'present_key_window' is required: the node keeps a key window (sinks or window > 0)".into()
+            } else {
+                "output 'present_key_window' is produced only when attribute 'sinks' or 'window' is > 0".into()
+            }));
         }
 
         let required = |i: usize| -> Result<(*const OrtValue, TensorInfo), LookatError> {
@@ -304,6 +314,17 @@ impl LookatKernel {
             }
         };
         let mask = optional(input::ATTENTION_MASK)?;
+        let past_window = optional(input::PAST_KEY_WINDOW)?;
+        if past_window.is_some() && !windowed {
+            return Err(invalid(
+                "input 'past_key_window' is read only when attribute 'sinks' or 'window' is > 0".into(),
+            ));
+        }
+        if windowed && past_window.is_none() != past_codes.0.is_null() {
+            return Err(invalid(
+                "input 'past_key_window' must be given together with 'past_key_codes' and 'past_value' when the node keeps a key window".into(),
+            ));
+        }
 
         for (name, t, want) in [
             ("query", &query.1, FLOAT),
@@ -317,6 +338,9 @@ impl LookatKernel {
         }
         if let Some((_, t)) = &mask {
             expect_type("attention_mask", t, INT64).map_err(invalid)?;
+        }
+        if let Some((_, t)) = &past_window {
+            expect_type("past_key_window", t, self.value_type).map_err(invalid)?;
         }
 
         let g = Geometry::from_shapes(
@@ -342,14 +366,47 @@ impl LookatKernel {
             }
         };
 
+        // The past window holds min(P, sinks + window) rows; the present one min(T, ...).
+        let (sinks, window) = (self.options.sinks, self.options.window);
+        let past_window = match past_window {
+            Some(w) => {
+                let want = [
+                    g.batch,
+                    g.kv_heads,
+                    window::rows(g.past_tokens, sinks, window),
+                    g.head_dim,
+                ]
+                .map(|d| d as i64);
+                if w.1.shape != want {
+                    return Err(invalid(format!(
+                        "input 'past_key_window' shape {:?} must be {want:?} [batch, num_kv_heads, min(past_tokens, sinks+window), head_dim]",
+                        w.1.shape
+                    )));
+                }
+                w
+            }
+            None => (
+                std::ptr::null(),
+                TensorInfo {
+                    elem: self.value_type,
+                    shape: vec![g.batch as i64, g.kv_heads as i64, 0, g.head_dim as i64],
+                },
+            ),
+        };
         let t_n = g.total_tokens() as i64;
-        let out_shapes: [Vec<i64>; 3] = [
+        let window_rows = if windowed {
+            window::rows(g.total_tokens(), sinks, window) as i64
+        } else {
+            0
+        };
+        let out_shapes: [Vec<i64>; 4] = [
             vec![g.batch as i64, g.new_tokens as i64, g.hidden() as i64],
             vec![g.batch as i64, g.kv_heads as i64, t_n, g.subspaces as i64],
             vec![g.batch as i64, g.kv_heads as i64, t_n, g.head_dim as i64],
+            vec![g.batch as i64, g.kv_heads as i64, window_rows, g.head_dim as i64],
         ];
-        let mut out_values = [std::ptr::null_mut::<OrtValue>(); 3];
-        for (i, shape) in out_shapes.iter().enumerate() {
+        let mut out_values = [std::ptr::null_mut::<OrtValue>(); 4];
+        for (i, shape) in out_shapes.iter().enumerate().take(outputs.min(4)) {
             api.check(
                 // SAFETY: ctx is valid; ORT allocates the output with this shape.
                 unsafe {
@@ -378,6 +435,7 @@ impl LookatKernel {
             past_value,
             mask,
             codebooks,
+            past_window,
             outputs: out_values,
             shapes: out_shapes,
         };
@@ -403,8 +461,11 @@ struct CallTensors {
     past_value: (*const OrtValue, TensorInfo),
     mask: Option<(*const OrtValue, TensorInfo)>,
     codebooks: (*const OrtValue, TensorInfo),
-    outputs: [*mut OrtValue; 3],
-    shapes: [Vec<i64>; 3],
+    /// Null with an empty shape when the node keeps no window or the cache is empty.
+    past_window: (*const OrtValue, TensorInfo),
+    /// The fourth (the present window) is null when the node keeps no window.
+    outputs: [*mut OrtValue; 4],
+    shapes: [Vec<i64>; 4],
 }
 
 impl LookatKernel {
@@ -439,11 +500,17 @@ impl LookatKernel {
                     attention_mask,
                     codebooks: input_slice(api, &t.codebooks)?,
                     prepared: Some(prepared),
+                    past_key_window: input_slice::<V>(api, &t.past_window)?,
                 },
                 AttentionOutputs {
                     output: output_slice(api, t.outputs[0], &t.shapes[0])?,
                     present_key_codes: output_slice(api, t.outputs[1], &t.shapes[1])?,
                     present_value: output_slice::<V>(api, t.outputs[2], &t.shapes[2])?,
+                    present_key_window: if t.outputs[3].is_null() {
+                        &mut []
+                    } else {
+                        output_slice::<V>(api, t.outputs[3], &t.shapes[3])?
+                    },
                 },
                 pool,
             )

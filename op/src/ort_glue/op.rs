@@ -80,7 +80,7 @@ unsafe extern "system" fn input_type(
     match i {
         input::PAST_KEY_CODES => UINT8,
         // SAFETY: ORT calls back with the op pointer we registered.
-        input::PAST_VALUE => unsafe { this(op) }.value_type,
+        input::PAST_VALUE | input::PAST_KEY_WINDOW => unsafe { this(op) }.value_type,
         input::ATTENTION_MASK => INT64,
         _ => FLOAT,
     }
@@ -92,7 +92,7 @@ unsafe extern "system" fn output_type(
     match i {
         output::PRESENT_KEY_CODES => UINT8,
         // SAFETY: as above.
-        output::PRESENT_VALUE => unsafe { this(op) }.value_type,
+        output::PRESENT_VALUE | output::PRESENT_KEY_WINDOW => unsafe { this(op) }.value_type,
         _ => FLOAT,
     }
 }
