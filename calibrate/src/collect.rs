@@ -306,7 +306,20 @@ impl ModelLimits {
     }
 }
 
-/// Keys of every (layer, head): `result[layer][head]`. `original` was loaded from `path`.
+/// What calibration collects from the original model: a reservoir of keys per (layer, kv head)
+/// and, for layers with key/query transforms, a reservoir of the queries that read each kv head
+/// (all its query heads; their second moment weights the key quantization error).
+pub struct Collected {
+    pub keys: Vec<Vec<Reservoir>>,
+    /// `queries[layer]` is empty for layers without transforms.
+    pub queries: Vec<Vec<Reservoir>>,
+}
+
+/// Queries kept per kv head for the query statistics.
+const QUERY_RESERVOIR: usize = 8192;
+
+/// Keys (and, where needed, queries) of every (layer, kv head). `original` was loaded from
+/// `path`.
 pub fn collect_keys(
     env: &Environment,
     original: ModelProto,
@@ -315,7 +328,7 @@ pub fn collect_keys(
     tokens: &[u32],
     opts: &CollectOptions,
     progress: &indicatif::ProgressBar,
-) -> Result<Vec<Vec<Reservoir>>> {
+) -> Result<Collected> {
     if opts.window == 0 || opts.batch == 0 {
         bail!("--window and --batch must be positive");
     }
@@ -327,38 +340,59 @@ pub fn collect_keys(
         );
     }
     ModelLimits::read(&original).check(path, tokens, opts.window)?;
-    let names: Vec<String> = layers.iter().map(|l| l.key_tensor.clone()).collect();
-    let mut probe = Probe::from_model(env, original, path, &names, opts.threads)?;
-    let mut reservoirs: Vec<Vec<Reservoir>> = layers
-        .iter()
-        .enumerate()
-        .map(|(li, l)| {
-            (0..l.heads())
-                .map(|h| {
-                    Reservoir::new(
-                        opts.reservoir,
-                        l.head_dim(),
-                        job_seed(opts.seed, &[li as u64, h as u64, 0xC011]),
-                    )
-                })
-                .collect()
-        })
+    // Probe outputs: every layer's key tensor, then the query tensors of layers with transforms.
+    let mut names: Vec<String> = layers.iter().map(|l| l.key_tensor.clone()).collect();
+    let with_queries: Vec<usize> = (0..layers.len())
+        .filter(|&l| layers[l].transforms.is_some())
         .collect();
+    names.extend(with_queries.iter().map(|&l| layers[l].query_tensor.clone()));
+    let mut probe = Probe::from_model(env, original, path, &names, opts.threads)?;
+    let reservoirs = |capacity: usize, salt: u64, needed: &dyn Fn(usize) -> bool| {
+        layers
+            .iter()
+            .enumerate()
+            .map(|(li, l)| {
+                if !needed(li) {
+                    return vec![];
+                }
+                (0..l.heads())
+                    .map(|h| {
+                        Reservoir::new(
+                            capacity,
+                            l.head_dim(),
+                            job_seed(opts.seed, &[li as u64, h as u64, salt]),
+                        )
+                    })
+                    .collect()
+            })
+            .collect::<Vec<Vec<Reservoir>>>()
+    };
+    let mut keys = reservoirs(opts.reservoir, 0xC011, &|_| true);
+    let mut queries = reservoirs(QUERY_RESERVOIR, 0x9E7, &|l| with_queries.contains(&l));
 
     let (w, windows) = (opts.window, tokens.len() / opts.window);
     progress.set_length(windows as u64);
     for first in (0..windows).step_by(opts.batch) {
         let b = opts.batch.min(windows - first);
         let outputs = probe.run(&tokens[first * w..(first + b) * w], b, w)?;
-        for ((li, l), keys) in layers.iter().enumerate().zip(&outputs) {
+        for ((li, l), out) in layers.iter().enumerate().zip(&outputs) {
             let d = l.head_dim();
-            for (h, reservoir) in reservoirs[li].iter_mut().enumerate() {
-                for key in keys.head(h, l.heads(), d)?.chunks_exact(d) {
+            for (h, reservoir) in keys[li].iter_mut().enumerate() {
+                for key in out.head(h, l.heads(), d)?.chunks_exact(d) {
                     reservoir.offer(key);
+                }
+            }
+        }
+        for (&li, out) in with_queries.iter().zip(&outputs[layers.len()..]) {
+            let (l, d) = (&layers[li], layers[li].head_dim());
+            let group = l.query_heads / l.heads();
+            for qh in 0..l.query_heads {
+                for q in out.head(qh, l.query_heads, d)?.chunks_exact(d) {
+                    queries[li][qh / group].offer(q);
                 }
             }
         }
         progress.inc(b as u64);
     }
-    Ok(reservoirs)
+    Ok(Collected { keys, queries })
 }

@@ -168,6 +168,20 @@ pub fn teacher_forced(
     lookat: &mut Decoder,
     ids: &[u32],
 ) -> Result<Comparison> {
+    teacher_forced_chunked(original, lookat, ids, 1)
+}
+
+/// [`teacher_forced`] feeding `chunk` tokens per call through the cache (a chunked prefill): every
+/// position's logits come back, so a long text costs `len / chunk` calls. LookatAttention scores a
+/// token by its position alone (codes, or exactly inside the key window), so chunks of any size
+/// give the token-by-token result up to float summation order; `exact_current = 1` models are
+/// the exception (their current tokens are scored exactly), so compare those with `chunk = 1`.
+pub fn teacher_forced_chunked(
+    original: &mut Decoder,
+    lookat: &mut Decoder,
+    ids: &[u32],
+    chunk: usize,
+) -> Result<Comparison> {
     if ids.len() < 2 {
         bail!("need at least two tokens to compare next-token predictions");
     }
@@ -175,19 +189,21 @@ pub fn teacher_forced(
     lookat.reset()?;
     let (mut nll_o, mut nll_l, mut agree, mut kl) = (0f64, 0f64, 0usize, 0f64);
     let steps = ids.len() - 1;
-    for t in 0..steps {
-        let lo = original.step(&ids[t..t + 1])?.pop().unwrap_or_default();
-        let ll = lookat.step(&ids[t..t + 1])?.pop().unwrap_or_default();
-        let (po, pl) = (log_softmax(&lo), log_softmax(&ll));
-        let target = ids[t + 1] as usize;
-        nll_o -= po[target];
-        nll_l -= pl[target];
-        agree += usize::from(argmax(&lo) == argmax(&ll));
-        kl += po
-            .iter()
-            .zip(&pl)
-            .map(|(a, b)| a.exp() * (a - b))
-            .sum::<f64>();
+    for first in (0..steps).step_by(chunk.max(1)) {
+        let fed = &ids[first..(first + chunk.max(1)).min(steps)];
+        let (rows_o, rows_l) = (original.step(fed)?, lookat.step(fed)?);
+        for (i, (lo, ll)) in rows_o.iter().zip(&rows_l).enumerate() {
+            let (po, pl) = (log_softmax(lo), log_softmax(ll));
+            let target = ids[first + i + 1] as usize;
+            nll_o -= po[target];
+            nll_l -= pl[target];
+            agree += usize::from(argmax(lo) == argmax(ll));
+            kl += po
+                .iter()
+                .zip(&pl)
+                .map(|(a, b)| a.exp() * (a - b))
+                .sum::<f64>();
+        }
     }
     let n = steps as f64;
     Ok(Comparison {

@@ -12,6 +12,7 @@ pub mod collect;
 pub mod decode;
 pub mod eval;
 pub mod kmeans;
+pub mod linalg;
 pub mod model;
 pub mod runtime;
 pub mod tokenizer;
@@ -48,6 +49,118 @@ pub struct CalibrateOptions {
     pub threads: usize,
     pub quiet: bool,
     pub ort_lib: Option<PathBuf>,
+    /// How the key/query transforms are chosen, for models rewritten with `--transform`.
+    pub transform: TransformKind,
+}
+
+/// How lookat-calibrate chooses a layer's key/query transforms (`A`, `B` per kv head).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransformKind {
+    /// Whiten by the second moment Σq of the queries that read the kv head, then a PCA rotation
+    /// with the variance balanced over the subspaces: `A = Σq^½·R`, `B = Σq^-½·R`. The
+    /// quantizer's Euclidean error on `k·A` is then the expected squared score error.
+    Fsa,
+    /// The balanced PCA rotation of the keys alone: `A = B = R`.
+    Pca,
+    /// `A = B = I` (as without transforms; for comparisons).
+    Identity,
+}
+
+impl TransformKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            TransformKind::Fsa => "fsa (query-whitened balanced PCA)",
+            TransformKind::Pca => "pca (balanced PCA rotation)",
+            TransformKind::Identity => "identity",
+        }
+    }
+}
+
+/// Second moment `E[x xᵀ]` (`centered`: the covariance) of a reservoir's vectors, in f64.
+fn moment(r: &Reservoir, d: usize, centered: bool) -> Vec<f64> {
+    let n = r.len().max(1) as f64;
+    let mut mean = vec![0f64; d];
+    if centered {
+        for x in r.data.chunks_exact(d) {
+            for (m, &v) in mean.iter_mut().zip(x) {
+                *m += v as f64 / n;
+            }
+        }
+    }
+    let mut out = vec![0f64; d * d];
+    for x in r.data.chunks_exact(d) {
+        let c: Vec<f64> = x.iter().zip(&mean).map(|(&v, m)| v as f64 - m).collect();
+        for i in 0..d {
+            for j in i..d {
+                out[i * d + j] += c[i] * c[j];
+            }
+        }
+    }
+    for i in 0..d {
+        for j in i..d {
+            out[i * d + j] /= n;
+            out[j * d + i] = out[i * d + j];
+        }
+    }
+    out
+}
+
+/// The key and query transforms `[H_kv, D, D]` of one layer, from its collected keys and queries;
+/// `B·Aᵀ = I` by construction.
+pub fn choose_transforms(
+    layer: &LookatLayer,
+    keys: &[Reservoir],
+    queries: &[Reservoir],
+    kind: TransformKind,
+) -> (Vec<f32>, Vec<f32>) {
+    let (d, m) = (layer.head_dim(), layer.shape.subspaces);
+    let (mut a_all, mut b_all) = (vec![], vec![]);
+    for (h, k) in keys.iter().enumerate() {
+        let identity: Vec<f64> = (0..d * d)
+            .map(|i| f64::from(u8::from(i / d == i % d)))
+            .collect();
+        let (a, b) = match kind {
+            TransformKind::Identity => (identity.clone(), identity),
+            TransformKind::Pca => {
+                let r = linalg::balanced_pca_rotation(&moment(k, d, true), d, m);
+                (r.clone(), r)
+            }
+            TransformKind::Fsa => {
+                let sigma = moment(&queries[h], d, false);
+                let half = linalg::spd_power(&sigma, d, 0.5, 1e-6);
+                let inv_half = linalg::spd_power(&sigma, d, -0.5, 1e-6);
+                // Keys in the whitened space k·Σq^½, then their balanced PCA rotation.
+                let mut moved = Reservoir::new(k.len(), d, 0);
+                for x in k.data.chunks_exact(d) {
+                    let y: Vec<f32> = (0..d)
+                        .map(|j| (0..d).map(|i| x[i] as f64 * half[i * d + j]).sum::<f64>() as f32)
+                        .collect();
+                    moved.offer(&y);
+                }
+                let r = linalg::balanced_pca_rotation(&moment(&moved, d, true), d, m);
+                (
+                    linalg::matmul(&half, &r, d),
+                    linalg::matmul(&inv_half, &r, d),
+                )
+            }
+        };
+        a_all.extend(a.iter().map(|&x| x as f32));
+        b_all.extend(b.iter().map(|&x| x as f32));
+    }
+    (a_all, b_all)
+}
+
+/// Replaces every key of the reservoirs by `k·A` of its kv head (`a`: `[H_kv, D, D]`).
+pub fn transform_keys(keys: &mut [Reservoir], a: &[f32], d: usize) {
+    for (h, r) in keys.iter_mut().enumerate() {
+        let m = &a[h * d * d..(h + 1) * d * d];
+        for x in r.data.chunks_exact_mut(d) {
+            let y: Vec<f32> = (0..d)
+                .map(|j| (0..d).map(|i| x[i] * m[i * d + j]).sum())
+                .collect();
+            x.copy_from_slice(&y);
+        }
+    }
 }
 
 /// Quantization error of one head on its collected keys.
@@ -260,7 +373,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
 
     let env = runtime::init(opts.ort_lib.as_deref())?;
     let bar = progress_bar(opts.quiet, "forward");
-    let keys = collect_keys(
+    let collected = collect_keys(
         env,
         original,
         &opts.original,
@@ -278,6 +391,16 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
     bar.finish_and_clear();
     let tokens_used = (tokens.len() / opts.window) * opts.window;
 
+    // Layers with transforms: choose them, then quantize the keys in the transformed space.
+    let mut keys = collected.keys;
+    let mut transforms = vec![];
+    for (l, layer) in layers.iter().enumerate() {
+        if let Some((key_name, query_name)) = &layer.transforms {
+            let (a, b) = choose_transforms(layer, &keys[l], &collected.queries[l], opts.transform);
+            transform_keys(&mut keys[l], &a, layer.head_dim());
+            transforms.push((key_name.clone(), a, query_name.clone(), b));
+        }
+    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads.max(1))
         .build()?;
@@ -287,6 +410,10 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
     let errors = key_errors(&layers, &keys, &books);
 
     write_codebooks(&mut model, &layers, &books)?;
+    for (key_name, a, query_name, b) in &transforms {
+        model::write_floats(&mut model, key_name, a)?;
+        model::write_floats(&mut model, query_name, b)?;
+    }
     let first = &layers[0];
     for (k, v) in [
         (metadata::SUBSPACES, first.shape.subspaces.to_string()),
@@ -298,6 +425,14 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
         (metadata::RESERVOIR, opts.reservoir.to_string()),
         (metadata::CORPUS_SHA256, corpus_sha256.clone()),
         (metadata::TOKENIZER, tokenizer_name),
+        (
+            metadata::TRANSFORM,
+            if transforms.is_empty() {
+                "none".to_string()
+            } else {
+                opts.transform.name().to_string()
+            },
+        ),
         (
             metadata::TOOL_VERSION,
             format!("lookat-calibrate {}", env!("CARGO_PKG_VERSION")),

@@ -23,6 +23,8 @@ pub struct LookatLayer {
     /// Attributes `sinks` and `window`: tokens of the full-precision key window.
     pub sinks: usize,
     pub window: usize,
+    /// The (key, query) transform initializers, when the node has them.
+    pub transforms: Option<(String, String)>,
 }
 
 impl LookatLayer {
@@ -117,12 +119,45 @@ pub fn lookat_layers(model: &ModelProto) -> Result<Vec<LookatLayer>> {
             query_heads: query_heads as usize,
             sinks: int_attr(attr::SINKS).unwrap_or(0).max(0) as usize,
             window: int_attr(attr::WINDOW).unwrap_or(0).max(0) as usize,
+            transforms: match (tensor(input::KEY_TRANSFORM), tensor(input::QUERY_TRANSFORM)) {
+                (Some(a), Some(b)) => {
+                    for t in [&a, &b] {
+                        if !graph.initializer.iter().any(|i| &i.name == t) {
+                            bail!("transform '{t}' of node '{}' is not an initializer", n.name);
+                        }
+                    }
+                    Some((a, b))
+                }
+                (None, None) => None,
+                _ => bail!("node '{}' has only one of its key/query transforms", n.name),
+            },
         });
     }
     if layers.is_empty() {
         bail!("the model holds no {DOMAIN}::{OP_NAME} node: rewrite it with lookat-rewrite first");
     }
     Ok(layers)
+}
+
+/// Replaces the float initializer `name` with `values` (same element count).
+pub fn write_floats(model: &mut ModelProto, name: &str, values: &[f32]) -> Result<()> {
+    let graph = model.graph.as_mut().context("graph")?;
+    let t = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == name)
+        .with_context(|| format!("initializer '{name}' disappeared"))?;
+    let want: i64 = t.dims.iter().product();
+    if values.len() as i64 != want || values.iter().any(|x| !x.is_finite()) {
+        bail!(
+            "values for '{name}' are malformed ({} values, {want} expected, or non-finite)",
+            values.len()
+        );
+    }
+    t.data_type = DataType::FLOAT as i32;
+    t.float_data.clear();
+    t.raw_data = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    Ok(())
 }
 
 /// Replaces each layer's codebook initializer with `books[layer]` (`[H, m, K, D/m]` floats).

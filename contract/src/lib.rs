@@ -80,7 +80,11 @@ pub mod input {
     pub const CODEBOOKS: usize = 6;
     /// Full-precision keys of the sink and most recent tokens (with `sinks`/`window` > 0).
     pub const PAST_KEY_WINDOW: usize = 7;
-    pub const COUNT: usize = 8;
+    /// `A` per kv head: keys are encoded as `k·A` (optional, with [`QUERY_TRANSFORM`]).
+    pub const KEY_TRANSFORM: usize = 8;
+    /// `B` per kv head: tables are built from `q·B`; `B·Aᵀ = I`, so `(q·B)·(k·A) = q·k`.
+    pub const QUERY_TRANSFORM: usize = 9;
+    pub const COUNT: usize = 10;
 
     pub const PORTS: [Port; COUNT] = [
         port("query", Float32, false, "[B, S, H*D] or [B, H, S, D]"),
@@ -90,7 +94,14 @@ pub mod input {
         port("past_value", ValueCache, true, "[B, H_kv, P, D]"),
         port("attention_mask", Int64, true, "[B, P+S]"),
         port("codebooks", Float32, false, "[H_kv, m, K, D/m]"),
-        port("past_key_window", ValueCache, true, "[B, H_kv, min(P, sinks+window), D]"),
+        port(
+            "past_key_window",
+            ValueCache,
+            true,
+            "[B, H_kv, min(P, sinks+window), D]",
+        ),
+        port("key_transform", Float32, true, "[H_kv, D, D]"),
+        port("query_transform", Float32, true, "[H_kv, D, D]"),
     ];
 
     pub fn name(index: usize) -> &'static str {
@@ -113,7 +124,12 @@ pub mod output {
         port("output", Float32, false, "[B, S, H*D]"),
         port("present_key_codes", Uint8, false, "[B, H_kv, P+S, m]"),
         port("present_value", ValueCache, false, "[B, H_kv, P+S, D]"),
-        port("present_key_window", ValueCache, true, "[B, H_kv, min(P+S, sinks+window), D]"),
+        port(
+            "present_key_window",
+            ValueCache,
+            true,
+            "[B, H_kv, min(P+S, sinks+window), D]",
+        ),
     ];
 
     pub fn name(index: usize) -> &'static str {
@@ -175,7 +191,8 @@ pub mod attr {
             name: WINDOW,
             kind: "int",
             default: Some("0"),
-            meaning: "each query scores its `window` most recent tokens exactly (kept in full precision)",
+            meaning:
+                "each query scores its `window` most recent tokens exactly (kept in full precision)",
         },
     ];
 }
@@ -237,6 +254,14 @@ pub mod naming {
         format!("{key_tensor}{WINDOW_SUFFIX}")
     }
 
+    /// The key and query transform initializers of the `layer`-th LookatAttention node.
+    pub fn transform_names(layer: usize) -> (String, String) {
+        (
+            format!("lookat.key_transform.{layer}"),
+            format!("lookat.query_transform.{layer}"),
+        )
+    }
+
     /// The codebooks initializer of the `layer`-th LookatAttention node.
     pub fn codebooks_name(layer: usize) -> String {
         format!("{CODEBOOKS_PREFIX}{layer}")
@@ -254,6 +279,7 @@ pub mod metadata {
     pub const RESERVOIR: &str = "lookat.reservoir";
     pub const CORPUS_SHA256: &str = "lookat.corpus_sha256";
     pub const TOKENIZER: &str = "lookat.tokenizer";
+    pub const TRANSFORM: &str = "lookat.transform";
     pub const TOOL_VERSION: &str = "lookat.tool_version";
 }
 
@@ -464,6 +490,7 @@ pub fn json() -> String {
         metadata::RESERVOIR,
         metadata::CORPUS_SHA256,
         metadata::TOKENIZER,
+        metadata::TRANSFORM,
         metadata::TOOL_VERSION,
     ]
     .map(json_str)

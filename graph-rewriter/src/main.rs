@@ -46,6 +46,10 @@ struct Cli {
     /// window cache beside the codes (`<key>_window` inputs and outputs).
     #[arg(long, value_name = "WINDOW", default_value_t = 0)]
     window: usize,
+    /// Give every node a key/query transform pair (key_transform / query_transform initializers,
+    /// NaN until lookat-calibrate chooses them, e.g. a query-whitened PCA rotation).
+    #[arg(long)]
+    transform: bool,
     /// Print, for every candidate that did not match, which pattern failed and why.
     #[arg(long)]
     explain: bool,
@@ -105,6 +109,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         },
         sinks: cli.sinks,
         window: cli.window,
+        transforms: cli.transform,
     };
     let report = rewrite(&mut model, &opts)?;
     let input_dir = cli

@@ -54,6 +54,8 @@ pub struct Options {
     pub sinks: usize,
     /// Most recent tokens each query scores from full-precision keys (attribute `window`).
     pub window: usize,
+    /// Give every node key/query transform inputs (NaN until lookat-calibrate chooses them).
+    pub transforms: bool,
 }
 
 impl Options {
@@ -226,13 +228,10 @@ pub fn plan_block(layer: usize, b: &AttentionBlock, opts: &Options) -> Result<La
     };
     let (past_window, present_window) = match cache.as_ref().and_then(|c| c.window.clone()) {
         Some(w) => w,
-        None if opts.windowed() => (
-            String::new(),
-            format!("lookat.{layer}.present_key_window"),
-        ),
+        None if opts.windowed() => (String::new(), format!("lookat.{layer}.present_key_window")),
         None => (String::new(), String::new()),
     };
-    let mut inputs = vec![String::new(); input::PAST_KEY_WINDOW + 1];
+    let mut inputs = vec![String::new(); input::QUERY_TRANSFORM + 1];
     inputs[input::QUERY] = b.query.clone();
     inputs[input::KEY] = b.key.clone();
     inputs[input::VALUE] = b.value.clone();
@@ -241,6 +240,22 @@ pub fn plan_block(layer: usize, b: &AttentionBlock, opts: &Options) -> Result<La
     inputs[input::ATTENTION_MASK] = b.mask.clone().unwrap_or_default();
     inputs[input::CODEBOOKS] = books;
     inputs[input::PAST_KEY_WINDOW] = past_window;
+    if opts.transforms {
+        let (key_t, query_t) = naming::transform_names(layer);
+        for name in [&key_t, &query_t] {
+            let mut t = TensorProto::new();
+            t.name = name.clone();
+            t.dims = vec![b.kv_heads as i64, b.head_dim as i64, b.head_dim as i64];
+            t.data_type = DataType::FLOAT as i32;
+            t.raw_data = f32::NAN
+                .to_le_bytes()
+                .repeat(b.kv_heads * b.head_dim * b.head_dim);
+            t.doc_string = "LookatAttention key/query transform, NaN until lookat-calibrate".into();
+            initializers.push(t);
+        }
+        inputs[input::KEY_TRANSFORM] = key_t;
+        inputs[input::QUERY_TRANSFORM] = query_t;
+    }
     // The op writes [B, S, E]; a model that flattens to [B*S, E] gets that Reshape back.
     let op_output = if b.output_rank == 3 {
         b.output.clone()
@@ -301,10 +316,15 @@ pub fn plan_block(layer: usize, b: &AttentionBlock, opts: &Options) -> Result<La
     Ok(LayerPlan {
         nodes,
         initializers,
-        taken: [b.output.clone(), present_codes, present_value, present_window]
-            .into_iter()
-            .filter(|t| !t.is_empty())
-            .collect(),
+        taken: [
+            b.output.clone(),
+            present_codes,
+            present_value,
+            present_window,
+        ]
+        .into_iter()
+        .filter(|t| !t.is_empty())
+        .collect(),
         cache,
         bytes: CacheBytes {
             kv_heads: b.kv_heads,
@@ -403,7 +423,11 @@ fn apply_plan(
         // The key window: [batch, kv heads, rows, D] in the value type, next to the codes.
         let (h, d) = (plan.bytes.kv_heads, plan.bytes.head_dim);
         let window_vi = |name: &str, rows: &str| {
-            value_info(name, values, &[Dim::from("batch"), h.into(), rows.into(), d.into()])
+            value_info(
+                name,
+                values,
+                &[Dim::from("batch"), h.into(), rows.into(), d.into()],
+            )
         };
         let pos = graph
             .input
@@ -585,8 +609,9 @@ mod tests {
                 subspaces: 4,
                 centroids: 256,
                 value_dtype: ValueDtype::F32,
-            sinks: 0,
-            window: 0,
+                sinks: 0,
+                window: 0,
+                transforms: false,
             },
         )
         .unwrap_err();

@@ -74,6 +74,7 @@ fn call<V: ValueElem>(t: usize, s: usize, m: usize, books: &PreparedCodebooks, r
                 codebooks: raw,
                 prepared: Some(books),
                 past_key_window: &[],
+                transforms: None,
             },
             AttentionOutputs {
                 output: &mut out,

@@ -8,7 +8,9 @@
 //! not the storage format.
 
 use half::f16;
-use lookat_op::kernels::{lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs};
+use lookat_op::kernels::{
+    lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs, KeyTransforms,
+};
 use lookat_op::{Geometry, Layout, LookatError, ParallelFor, Serial, ValueElem};
 
 const TOLERANCE: f64 = 1e-4;
@@ -61,6 +63,8 @@ struct Data {
     head_major: bool,
     sinks: usize,
     window: usize,
+    /// Key and query transforms `[H_kv, D, D]` (A, B), when the case uses them.
+    transforms: Option<(Vec<f32>, Vec<f32>)>,
     /// Full-precision keys of the past tokens `[B, H_kv, P, D]` (their codes are random: the op
     /// never relates the two), from which the past key window is taken.
     past_keys: Vec<f32>,
@@ -91,6 +95,7 @@ fn make_data(c: Case, rng: &mut Rng) -> Data {
         head_major: c.head_major,
         sinks: c.sinks,
         window: c.window,
+        transforms: None,
         past_keys: rng.vec(c.b * c.h * c.p * c.d, 1.5),
         g: Geometry {
             batch: c.b,
@@ -129,6 +134,25 @@ impl Data {
         tokens
     }
 
+    /// `x·M` for kv head `kv` of transform `which` (0: A for keys, 1: B for queries), in f64;
+    /// `x` itself without transforms.
+    fn transformed(&self, x: &[f32], kv: usize, which: usize) -> Vec<f64> {
+        let d = x.len();
+        match &self.transforms {
+            None => x.iter().map(|&v| v as f64).collect(),
+            Some(t) => {
+                let m = if which == 0 { &t.0 } else { &t.1 };
+                (0..d)
+                    .map(|j| {
+                        (0..d)
+                            .map(|i| x[i] as f64 * m[(kv * d + i) * d + j] as f64)
+                            .sum()
+                    })
+                    .collect()
+            }
+        }
+    }
+
     fn windowed(&self) -> bool {
         self.sinks + self.window > 0
     }
@@ -143,7 +167,11 @@ impl Data {
         let mut out = vec![];
         for bh in 0..g.batch * g.kv_heads {
             for t in self.window_tokens(p) {
-                out.extend(self.past_keys[(bh * p + t) * d..][..d].iter().map(|&k| V::from_f32(k)));
+                out.extend(
+                    self.past_keys[(bh * p + t) * d..][..d]
+                        .iter()
+                        .map(|&k| V::from_f32(k)),
+                );
             }
         }
         out
@@ -187,6 +215,10 @@ fn run_kernel<V: ValueElem>(
     let t = g.total_tokens();
     let past_value: Vec<V> = data.past_value.iter().map(|&v| V::from_f32(v)).collect();
     let past_window = data.past_window::<V>();
+    let transforms = data
+        .transforms
+        .as_ref()
+        .map(|(a, b)| KeyTransforms::new(a, b, g.kv_heads, g.head_dim).expect("transform sizes"));
     let window_rows = if data.windowed() {
         data.window_tokens(t).len()
     } else {
@@ -211,6 +243,7 @@ fn run_kernel<V: ValueElem>(
             codebooks: &data.codebooks,
             prepared: None,
             past_key_window: &past_window,
+            transforms: transforms.as_ref(),
         },
         AttentionOutputs {
             output: &mut run.output,
@@ -244,7 +277,11 @@ fn check_codes(data: &Data, codes: &[u8]) {
                 "past codes not copied for b={b} kv head {h}"
             );
             for s in 0..g.new_tokens {
-                let key = data.key_row(b, h, s);
+                let key: Vec<f32> = data
+                    .transformed(data.key_row(b, h, s), h, 0)
+                    .into_iter()
+                    .map(|v| v as f32)
+                    .collect();
                 for j in 0..m {
                     let x = &key[j * sub..][..sub];
                     let cents = &data.codebooks[(h * m + j) * k * sub..][..k * sub];
@@ -300,6 +337,7 @@ fn reference_output(
             };
             for s in 0..g.new_tokens {
                 let q = data.query_row(b, h, s);
+                let q_table = data.transformed(q, kv, 1);
                 let visible = g.past_tokens + s + 1;
                 let allowed = |t: usize| data.mask.as_ref().is_none_or(|mk| mk[b * t_n + t] != 0);
                 let mut scores = vec![f64::NEG_INFINITY; visible];
@@ -336,7 +374,7 @@ fn reference_output(
                             let c = codes[(bh * t_n + t) * m + j] as usize;
                             let cent = &data.codebooks[((kv * m + j) * k + c) * sub..][..sub];
                             for i in 0..sub {
-                                acc += q[j * sub + i] as f64 * cent[i] as f64;
+                                acc += q_table[j * sub + i] * cent[i] as f64;
                             }
                         }
                     }
@@ -1202,6 +1240,7 @@ fn run_with_window<V: ValueElem>(
             codebooks: &data.codebooks,
             prepared: None,
             past_key_window: past_window,
+            transforms: None,
         },
         AttentionOutputs {
             output: &mut output,
@@ -1214,4 +1253,52 @@ fn run_with_window<V: ValueElem>(
     .unwrap();
     let f = |v: &[V]| v.iter().map(|x| x.to_f32()).collect::<Vec<_>>();
     (output, codes, f(&values), f(&window))
+}
+
+/// Key/query transforms: keys encoded as `k·A`, tables from `q·B` (random A and B here: the
+/// kernels apply them whatever they are), exact window scores with the raw `q·k`.
+#[test]
+fn key_and_query_transforms_match_reference() {
+    let mut rng = Rng(0x7a);
+    for (kv, group, head_major, sinks, window, p, s) in [
+        (2, 1, false, 0, 0, 30, 5),
+        (3, 3, true, 4, 16, 100, 1),
+        (1, 2, true, 0, 0, 0, 12),
+        (2, 2, false, 1, 8, 2100, 1),
+    ] {
+        let c = Case {
+            b: 2,
+            h: kv,
+            d: 64,
+            p,
+            s,
+            m: 8,
+            k: 256,
+            masked: true,
+            exact_current: false,
+            group,
+            head_major,
+            sinks,
+            window,
+        };
+        for threads in [1, 4] {
+            let mut data = make_data(c, &mut rng);
+            data.transforms = Some((rng.vec(kv * 64 * 64, 0.3), rng.vec(kv * 64 * 64, 0.3)));
+            let opts = AttentionOptions {
+                scale: None,
+                exact_current: false,
+                sinks,
+                window,
+            };
+            let run = run_kernel::<f32>(&data, &opts, &Threads(threads))
+                .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+            check_codes(&data, &run.codes);
+            let reference = reference_output(&data, &run.codes, &opts, false);
+            let err = max_abs_diff(&run.output, &reference);
+            assert!(
+                err <= TOLERANCE,
+                "{c:?} threads {threads}: max |Δ| = {err:e}"
+            );
+        }
+    }
 }

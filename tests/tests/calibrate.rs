@@ -27,8 +27,9 @@ fn rewritten(dir: &Path) -> PathBuf {
         subspaces: 4,
         centroids: 64,
         value_dtype: lookat_rewrite::ValueDtype::F32,
-    sinks: 0,
-    window: 0,
+        sinks: 0,
+        window: 0,
+        transforms: false,
     };
     lookat_rewrite::rewrite(&mut model, &opts).unwrap();
     let out = dir.join("rewritten.onnx");
@@ -60,6 +61,7 @@ fn options(rewritten: &Path, output: PathBuf, threads: usize) -> CalibrateOption
         threads,
         quiet: true,
         ort_lib: Some(ort_library()),
+        transform: lookat_calibrate::TransformKind::Fsa,
     }
 }
 

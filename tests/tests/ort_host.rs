@@ -99,6 +99,7 @@ fn decode_loop<
                 codebooks: &codebooks,
                 prepared: None,
                 past_key_window: &[],
+                transforms: None,
             },
             AttentionOutputs {
                 output: &mut want_out,

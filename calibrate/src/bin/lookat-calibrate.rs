@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use lookat_calibrate::{calibrate, CalibrateOptions};
+use lookat_calibrate::{calibrate, CalibrateOptions, TransformKind};
 use lookat_contract::CacheBytes;
 
 /// Learn LookatAttention codebooks from the keys the original model produces on calibration
@@ -54,6 +54,10 @@ struct Cli {
     /// No progress bars or report (for scripts).
     #[arg(long)]
     quiet: bool,
+    /// How to choose the key/query transforms of a model rewritten with --transform: fsa
+    /// (query-whitened balanced PCA), pca, or identity.
+    #[arg(long, value_enum, default_value = "fsa")]
+    transform: TransformKind,
     /// libonnxruntime.so (default: ORT_DYLIB_PATH, else the one in python3's onnxruntime package).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         threads: cli.threads,
         quiet: cli.quiet,
         ort_lib: cli.ort_lib,
+        transform: cli.transform,
     };
     let summary = match calibrate(&opts) {
         Ok(s) => s,

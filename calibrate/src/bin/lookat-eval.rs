@@ -86,8 +86,9 @@ fn rewritten(original: &Path, m: usize) -> Result<onnx_protobuf::ModelProto> {
         subspaces: m,
         centroids: K,
         value_dtype: lookat_rewrite::ValueDtype::F32,
-    sinks: 0,
-    window: 0,
+        sinks: 0,
+        window: 0,
+        transforms: false,
     };
     lookat_rewrite::rewrite(&mut model, &opts)?;
     Ok(model)
@@ -142,7 +143,9 @@ fn run(cli: &Cli) -> Result<()> {
     for m in SUBSPACES {
         let bar = progress_bar(cli.quiet, &format!("k-means m={m}"));
         let layers = with_subspaces(&base, m)?;
-        books.push(pool.install(|| learn_codebooks(&layers, &keys, cli.iters, cli.seed, &bar))?);
+        books.push(
+            pool.install(|| learn_codebooks(&layers, &keys.keys, cli.iters, cli.seed, &bar))?,
+        );
         bar.finish_and_clear();
     }
 

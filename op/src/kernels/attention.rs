@@ -15,7 +15,8 @@ use lookat_contract::window;
 
 use super::geometry::invalid;
 use super::{
-    adc_scores, Geometry, LookatError, OnlineSoftmax, ParallelFor, PreparedCodebooks, ValueElem,
+    adc_scores, Geometry, KeyTransforms, LookatError, OnlineSoftmax, ParallelFor,
+    PreparedCodebooks, ValueElem,
 };
 
 /// Tokens scored per step when one query scans the cache: its scores and value rows stay in
@@ -75,6 +76,8 @@ pub struct AttentionInputs<'a, V> {
     /// `[B, H_kv, min(P, sinks + window), D]`: the keys of the past's sink and most recent tokens
     /// (`lookat_contract::window`); empty without a window.
     pub past_key_window: &'a [V],
+    /// Keys encoded as `k·A`, tables built from `q·B` (`None`: the identity).
+    pub transforms: Option<&'a KeyTransforms>,
     /// `codebooks` already laid out for the kernels (the op does that once per session when
     /// they are an initializer); `None` lays them out in this call.
     pub prepared: Option<&'a PreparedCodebooks>,
@@ -218,6 +221,11 @@ pub fn lookat_attention<V: ValueElem>(
             &owned
         }
     };
+    if inp.transforms.is_some_and(|t| !t.fits(h_n, d)) {
+        return Err(invalid(format!(
+            "key/query transforms do not fit num_kv_heads={h_n}, head_dim={d}"
+        )));
+    }
     let present_bytes = std::mem::size_of_val(out.present_value);
     let call = Call {
         g: *g,
@@ -455,11 +463,20 @@ impl<V: ValueElem> Call<'_, V> {
         // SAFETY: rows P.. of the [b, kv head] block belong to the task that calls this (once
         // per call).
         let (codes, values) = unsafe { self.present(bh, p_n..p_n + s_n) };
-        book.encode_keys(
-            s_n,
-            |s| self.new_kv(self.inp.key, bh, s),
-            &mut codes[..s_n * m],
-        );
+        match self.inp.transforms {
+            None => book.encode_keys(
+                s_n,
+                |s| self.new_kv(self.inp.key, bh, s),
+                &mut codes[..s_n * m],
+            ),
+            Some(t) => {
+                let mut keys = vec![0.0f32; s_n * d];
+                for (s, row) in keys.chunks_exact_mut(d).enumerate() {
+                    t.key(self.task(bh).1, self.new_kv(self.inp.key, bh, s), row);
+                }
+                book.encode_keys(s_n, |s| &keys[s * d..(s + 1) * d], &mut codes[..s_n * m]);
+            }
+        }
         for s in 0..s_n {
             for (dst, &v) in values[s * d..][..d]
                 .iter_mut()
@@ -474,8 +491,25 @@ impl<V: ValueElem> Call<'_, V> {
     /// Lookup tables of queries `queries` of task `bh`, `m·K` floats each.
     fn build_tables(&self, bh: usize, queries: Range<usize>, tables: &mut [f32]) {
         let book = self.books.head(self.task(bh).1);
-        let query = |i: usize| self.query(bh, queries.start + i);
-        book.build_luts(queries.len(), query, self.scale, tables);
+        match self.inp.transforms {
+            None => {
+                let query = |i: usize| self.query(bh, queries.start + i);
+                book.build_luts(queries.len(), query, self.scale, tables);
+            }
+            Some(t) => {
+                let d = self.g.head_dim;
+                let mut moved = vec![0.0f32; queries.len() * d];
+                for (i, row) in moved.chunks_exact_mut(d).enumerate() {
+                    t.query(self.task(bh).1, self.query(bh, queries.start + i), row);
+                }
+                book.build_luts(
+                    queries.len(),
+                    |i| &moved[i * d..(i + 1) * d],
+                    self.scale,
+                    tables,
+                );
+            }
+        }
     }
 
     /// The whole of one (batch row, kv head): new tokens, then the queries of its G query heads
@@ -593,11 +627,17 @@ impl<V: ValueElem> Call<'_, V> {
                     let p = p_n + s;
                     let recent = (p + 1).saturating_sub(self.window).max(start);
                     let query = self.query(bh, i);
-                    for t in (start..stop.min(self.sinks)).chain(recent.max(self.sinks.min(stop))..stop) {
+                    for t in
+                        (start..stop.min(self.sinks)).chain(recent.max(self.sinks.min(stop))..stop)
+                    {
                         debug_assert!(window::exact(t, p, self.sinks, self.window));
                         self.window_key(bh, t, &mut exact_key);
                         block[t - start] = self.scale
-                            * query.iter().zip(&exact_key).map(|(a, b)| a * b).sum::<f32>();
+                            * query
+                                .iter()
+                                .zip(&exact_key)
+                                .map(|(a, b)| a * b)
+                                .sum::<f32>();
                     }
                 }
                 if let Some(mask) = mask {

@@ -138,6 +138,13 @@ pub fn fuzz_attention(data: &[u8]) -> bool {
     let skew = (b.byte() % 7 == 0) as usize;
     let workers = SerialReporting(1 + b.byte() as usize % 4);
     let mut output = vec![0f32; g.batch * g.new_tokens * g.hidden() + skew];
+    // A random key/query transform pair now and then (any A, B: the kernels must not care).
+    let transforms = (b.byte() % 4 == 0).then(|| {
+        let n = g.kv_heads * g.head_dim * g.head_dim;
+        let a: Vec<f32> = (0..n).map(|_| b.float()).collect();
+        let q: Vec<f32> = (0..n).map(|_| b.float()).collect();
+        super::KeyTransforms::new(&a, &q, g.kv_heads, g.head_dim).expect("sizes")
+    });
     let past_key_window: Vec<f32> = (0..g.batch * g.kv_heads * rows(g.past_tokens) * g.head_dim)
         .map(|_| b.float())
         .collect();
@@ -158,6 +165,7 @@ pub fn fuzz_attention(data: &[u8]) -> bool {
             codebooks: &codebooks,
             prepared: None,
             past_key_window: &past_key_window,
+            transforms: transforms.as_ref(),
         },
         AttentionOutputs {
             output: &mut output,

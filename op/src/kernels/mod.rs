@@ -7,6 +7,7 @@ pub mod fuzz;
 mod geometry;
 pub mod simd;
 mod softmax;
+mod transform;
 mod value;
 
 pub use adc::adc_scores;
@@ -14,6 +15,7 @@ pub use attention::{lookat_attention, AttentionInputs, AttentionOptions, Attenti
 pub use codebook::{argmin, PreparedCodebook, PreparedCodebooks, ENCODE_TIE_BOUND};
 pub use geometry::{Geometry, Layout, LookatError, ShapeInputs};
 pub use softmax::OnlineSoftmax;
+pub use transform::KeyTransforms;
 pub use value::ValueElem;
 
 /// Runs `tasks` independent pieces of work, possibly on several threads.

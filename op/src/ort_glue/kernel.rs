@@ -10,8 +10,8 @@ use ort_sys::{ONNXTensorElementDataType, OrtKernelContext, OrtKernelInfo, OrtSta
 
 use super::api::{elem_name, Api, TensorInfo};
 use crate::kernels::{
-    lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs, Geometry, LookatError,
-    ParallelFor, PreparedCodebooks, ShapeInputs, ValueElem,
+    lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs, Geometry, KeyTransforms,
+    LookatError, ParallelFor, PreparedCodebooks, ShapeInputs, ValueElem,
 };
 use lookat_contract::{attr, input, output, window, CodebookShape};
 
@@ -30,6 +30,8 @@ pub(crate) struct LookatKernel {
     value_type: ONNXTensorElementDataType,
     /// The codebooks checked and laid out once at creation, when they are an initializer.
     prepared: Option<PreparedCodebooks>,
+    /// The key/query transforms checked once at creation, when both are initializers.
+    transforms: Option<KeyTransforms>,
 }
 
 /// Reads a string the two-call way (size, then bytes).
@@ -129,7 +131,10 @@ impl LookatKernel {
         }
 
         let mut window_attrs = [0i64; 2];
-        for (name, slot) in [attr::SINKS, attr::WINDOW].iter().zip(window_attrs.iter_mut()) {
+        for (name, slot) in [attr::SINKS, attr::WINDOW]
+            .iter()
+            .zip(window_attrs.iter_mut())
+        {
             // SAFETY: info is valid; the name is a C string. Absent means 0.
             let _ = api.is_ok(unsafe {
                 (raw.KernelInfoGetAttribute_int64)(info, c_name(name).as_ptr(), slot)
@@ -156,6 +161,7 @@ impl LookatKernel {
             },
             value_type,
             prepared: None,
+            transforms: None,
         };
 
         let mut is_constant = 0;
@@ -175,7 +181,81 @@ impl LookatKernel {
                 .map_err(|e| format!("{}: {e}", kernel.node))?;
             kernel.prepared = Some(prepared);
         }
+        let constant = |index: usize| -> Option<*const OrtValue> {
+            let (mut is_constant, mut value) = (0, std::ptr::null::<OrtValue>());
+            // SAFETY: info is valid; a constant input stays alive as long as the session.
+            let found = api.is_ok(unsafe {
+                (raw.KernelInfoGetConstantInput_tensor)(info, index, &mut is_constant, &mut value)
+            });
+            (found && is_constant != 0 && !value.is_null()).then_some(value)
+        };
+        if let (Some(a), Some(b)) = (
+            constant(input::KEY_TRANSFORM),
+            constant(input::QUERY_TRANSFORM),
+        ) {
+            // SAFETY: valid constant tensors.
+            let t = unsafe { kernel.check_transforms(a, b) }
+                .map_err(|e| format!("{}: {e}", kernel.node))?;
+            kernel.transforms = Some(t);
+        }
         Ok(kernel)
+    }
+
+    /// The key and query transforms: `[num_kv_heads, D, D]` float32 each, finite (NaN: not
+    /// calibrated yet), and inverse-transposes of each other (`B·Aᵀ = I` to 1e-3), so that
+    /// table scores still estimate `q·k`.
+    unsafe fn check_transforms(
+        &self,
+        key: *const OrtValue,
+        query: *const OrtValue,
+    ) -> Result<KeyTransforms, String> {
+        let mut data = vec![];
+        let mut dims = vec![];
+        for (value, index) in [(key, input::KEY_TRANSFORM), (query, input::QUERY_TRANSFORM)] {
+            let name = input::name(index);
+            // SAFETY: value is a valid tensor (caller).
+            let info = unsafe { self.api.tensor_info(value) }?;
+            expect_type(name, &info, FLOAT)?;
+            let ok = info.shape.len() == 3
+                && info.shape[0] == self.num_kv_heads
+                && info.shape[1] > 0
+                && info.shape[1] == info.shape[2];
+            if !ok {
+                return Err(format!(
+                    "input '{name}' must be [num_kv_heads={}, head_dim, head_dim], got shape {:?}",
+                    self.num_kv_heads, info.shape
+                ));
+            }
+            let count = info.count();
+            // SAFETY: a float tensor of `count` elements.
+            let values = unsafe { slice::<f32>(self.api.tensor_data(value, count)?, count) };
+            if let Some(pos) = values.iter().position(|x| !x.is_finite()) {
+                return Err(format!(
+                    "input '{name}' holds a non-finite value ({}) at flat index {pos}: a model \
+                     rewritten with transforms carries NaN until lookat-calibrate fills them",
+                    values[pos]
+                ));
+            }
+            dims.push(info.shape.clone());
+            data.push(values);
+        }
+        if dims[0] != dims[1] {
+            return Err(format!(
+                "inputs 'key_transform' {:?} and 'query_transform' {:?} differ in shape",
+                dims[0], dims[1]
+            ));
+        }
+        let (heads, d) = (dims[0][0] as usize, dims[0][1] as usize);
+        let t = KeyTransforms::new(data[0], data[1], heads, d)
+            .ok_or("transform tensors do not fit their shape")?;
+        let err = t.inverse_error();
+        if err.is_nan() || err > 1e-3 {
+            return Err(format!(
+                "inputs 'key_transform' (A) and 'query_transform' (B) must satisfy B·Aᵀ = I so that \
+                 scores estimate q·k; the largest deviation is {err:.3e}"
+            ));
+        }
+        Ok(t)
     }
 
     /// Shape, head count and finiteness of the codebooks (NaN codebooks are what an uncalibrated
@@ -315,9 +395,28 @@ impl LookatKernel {
         };
         let mask = optional(input::ATTENTION_MASK)?;
         let past_window = optional(input::PAST_KEY_WINDOW)?;
+        let key_transform = optional(input::KEY_TRANSFORM)?;
+        let query_transform = optional(input::QUERY_TRANSFORM)?;
+        let per_call_transforms;
+        let transforms = match (&key_transform, &query_transform, &self.transforms) {
+            (None, None, _) => None,
+            (Some(_), Some(_), Some(prepared)) => Some(prepared),
+            (Some(a), Some(b), None) => {
+                // SAFETY: valid input tensors.
+                per_call_transforms =
+                    unsafe { self.check_transforms(a.0, b.0) }.map_err(invalid)?;
+                Some(&per_call_transforms)
+            }
+            _ => {
+                return Err(invalid(
+                    "inputs 'key_transform' and 'query_transform' must be given together".into(),
+                ))
+            }
+        };
         if past_window.is_some() && !windowed {
             return Err(invalid(
-                "input 'past_key_window' is read only when attribute 'sinks' or 'window' is > 0".into(),
+                "input 'past_key_window' is read only when attribute 'sinks' or 'window' is > 0"
+                    .into(),
             ));
         }
         if windowed && past_window.is_none() != past_codes.0.is_null() {
@@ -403,7 +502,12 @@ impl LookatKernel {
             vec![g.batch as i64, g.new_tokens as i64, g.hidden() as i64],
             vec![g.batch as i64, g.kv_heads as i64, t_n, g.subspaces as i64],
             vec![g.batch as i64, g.kv_heads as i64, t_n, g.head_dim as i64],
-            vec![g.batch as i64, g.kv_heads as i64, window_rows, g.head_dim as i64],
+            vec![
+                g.batch as i64,
+                g.kv_heads as i64,
+                window_rows,
+                g.head_dim as i64,
+            ],
         ];
         let mut out_values = [std::ptr::null_mut::<OrtValue>(); 4];
         for (i, shape) in out_shapes.iter().enumerate().take(outputs.min(4)) {
@@ -443,9 +547,9 @@ impl LookatKernel {
         // these shapes; the value cache's type is the kernel's `value_type`.
         unsafe {
             if self.value_type == FLOAT {
-                self.run_typed::<f32>(&g, &tensors, prepared, &pool)?;
+                self.run_typed::<f32>(&g, &tensors, prepared, transforms, &pool)?;
             } else {
-                self.run_typed::<f16>(&g, &tensors, prepared, &pool)?;
+                self.run_typed::<f16>(&g, &tensors, prepared, transforms, &pool)?;
             }
         }
         pool.finish()
@@ -479,6 +583,7 @@ impl LookatKernel {
         g: &Geometry,
         t: &CallTensors,
         prepared: &PreparedCodebooks,
+        transforms: Option<&KeyTransforms>,
         pool: &OrtPool,
     ) -> Result<(), LookatError> {
         let api = self.api;
@@ -501,6 +606,7 @@ impl LookatKernel {
                     codebooks: input_slice(api, &t.codebooks)?,
                     prepared: Some(prepared),
                     past_key_window: input_slice::<V>(api, &t.past_window)?,
+                    transforms,
                 },
                 AttentionOutputs {
                     output: output_slice(api, t.outputs[0], &t.shapes[0])?,

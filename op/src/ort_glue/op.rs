@@ -104,7 +104,9 @@ unsafe extern "system" fn input_characteristic(
         input::PAST_KEY_CODES
         | input::PAST_VALUE
         | input::ATTENTION_MASK
-        | input::PAST_KEY_WINDOW => OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL,
+        | input::PAST_KEY_WINDOW
+        | input::KEY_TRANSFORM
+        | input::QUERY_TRANSFORM => OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL,
         _ => OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED,
     }
 }
