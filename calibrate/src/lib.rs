@@ -51,6 +51,75 @@ pub struct CalibrateOptions {
     pub ort_lib: Option<PathBuf>,
     /// How the key/query transforms are chosen, for models rewritten with `--transform`.
     pub transform: TransformKind,
+    /// Instead of k-means: a uniform symmetric grid per (kv head, dimension) — scalar INT8 / INT4
+    /// per-channel quantization of the keys, run by the same op (needs m = D, K = 256 / 16).
+    pub grid: Option<ScalarGrid>,
+}
+
+/// Scalar per-channel key quantization expressed as codebooks: with one dimension per subspace,
+/// the nearest of a uniform symmetric grid of levels is round-to-nearest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScalarGrid {
+    /// 255 levels `i·s`, |i| ≤ 127, `s = max|x| / 127` per channel (K = 256).
+    Int8,
+    /// 15 levels, |i| ≤ 7 (K = 16).
+    Int4,
+}
+
+impl ScalarGrid {
+    pub fn levels(self) -> i32 {
+        match self {
+            ScalarGrid::Int8 => 127,
+            ScalarGrid::Int4 => 7,
+        }
+    }
+    pub fn centroids(self) -> usize {
+        match self {
+            ScalarGrid::Int8 => 256,
+            ScalarGrid::Int4 => 16,
+        }
+    }
+}
+
+/// Grid codebooks of every layer: per (kv head, dimension) the levels `i·max|x|/L`, `|i| ≤ L`
+/// (the last slot repeats the top level).
+pub fn grid_codebooks(
+    layers: &[LookatLayer],
+    keys: &[Vec<Reservoir>],
+    grid: ScalarGrid,
+) -> Result<Vec<Vec<f32>>> {
+    let mut out = vec![];
+    for (l, layer) in layers.iter().enumerate() {
+        let shape = layer.shape;
+        if shape.sub_dim != 1 || shape.centroids != grid.centroids() {
+            bail!(
+                "layer '{}': a {grid:?} grid needs --subspaces equal to the head size and --centroids {} \
+                 (the model has {} subspaces of {} and {} centroids)",
+                layer.node,
+                grid.centroids(),
+                shape.subspaces,
+                shape.sub_dim,
+                shape.centroids
+            );
+        }
+        let d = shape.head_dim();
+        let levels = grid.levels();
+        let mut book = Vec::with_capacity(shape.len());
+        for r in &keys[l] {
+            for j in 0..d {
+                let max = r
+                    .data
+                    .chunks_exact(d)
+                    .map(|k| k[j].abs())
+                    .fold(0f32, f32::max);
+                let step = if max > 0.0 { max / levels as f32 } else { 1.0 };
+                book.extend((-levels..=levels).map(|i| i as f32 * step));
+                book.push(levels as f32 * step);
+            }
+        }
+        out.push(book);
+    }
+    Ok(out)
 }
 
 /// How lookat-calibrate chooses a layer's key/query transforms (`A`, `B` per kv head).
@@ -405,7 +474,10 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
         .num_threads(opts.threads.max(1))
         .build()?;
     let bar = progress_bar(opts.quiet, "k-means");
-    let books = pool.install(|| learn_codebooks(&layers, &keys, opts.iters, opts.seed, &bar))?;
+    let books = match opts.grid {
+        Some(grid) => grid_codebooks(&layers, &keys, grid)?,
+        None => pool.install(|| learn_codebooks(&layers, &keys, opts.iters, opts.seed, &bar))?,
+    };
     bar.finish_and_clear();
     let errors = key_errors(&layers, &keys, &books);
 

@@ -62,6 +62,7 @@ fn options(rewritten: &Path, output: PathBuf, threads: usize) -> CalibrateOption
         quiet: true,
         ort_lib: Some(ort_library()),
         transform: lookat_calibrate::TransformKind::Fsa,
+        grid: None,
     }
 }
 

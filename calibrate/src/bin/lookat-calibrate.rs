@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use lookat_calibrate::{calibrate, CalibrateOptions, TransformKind};
+use lookat_calibrate::{calibrate, CalibrateOptions, ScalarGrid, TransformKind};
 use lookat_contract::CacheBytes;
 
 /// Learn LookatAttention codebooks from the keys the original model produces on calibration
@@ -58,6 +58,11 @@ struct Cli {
     /// (query-whitened balanced PCA), pca, or identity.
     #[arg(long, value_enum, default_value = "fsa")]
     transform: TransformKind,
+    /// Scalar per-channel INT8 / INT4 keys instead of k-means codebooks (a uniform grid per kv head
+    /// and dimension; needs a model rewritten with --subspaces = head size and --centroids 256 /
+    /// 16): the baselines, run by the same op.
+    #[arg(long, value_enum)]
+    grid: Option<ScalarGrid>,
     /// libonnxruntime.so (default: ORT_DYLIB_PATH, else the one in python3's onnxruntime package).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
@@ -86,6 +91,7 @@ fn main() -> ExitCode {
         quiet: cli.quiet,
         ort_lib: cli.ort_lib,
         transform: cli.transform,
+        grid: cli.grid,
     };
     let summary = match calibrate(&opts) {
         Ok(s) => s,
