@@ -139,22 +139,18 @@ pub fn balanced_pca_rotation(cov: &[f64], n: usize, subspaces: usize) -> Vec<f64
 mod tests {
     use super::*;
 
+    /// `G·diag(1, 2², …)·Gᵀ + 0.1·I` for a random G: symmetric positive definite, eigenvalues
+    /// spread over a few orders of magnitude.
     fn random_spd(n: usize, seed: u64) -> Vec<f64> {
         let mut rng = crate::kmeans::Rng::new(seed);
         let g: Vec<f64> = (0..n * n).map(|_| rng.unit() * 2.0 - 1.0).collect();
         let mut a = vec![0f64; n * n];
         for i in 0..n {
             for j in 0..n {
-                a[i * n + j] =
-                    (0..n).map(|k| g[i * n + k] * g[j * n + k]).sum::<f64>() * (1.0 + i as f64);
-            }
-        }
-        // Symmetrize exactly.
-        for i in 0..n {
-            for j in 0..i {
-                let s = 0.5 * (a[i * n + j] + a[j * n + i]);
-                a[i * n + j] = s;
-                a[j * n + i] = s;
+                a[i * n + j] = (0..n)
+                    .map(|k| g[i * n + k] * g[j * n + k] * ((1 + k) * (1 + k)) as f64)
+                    .sum::<f64>()
+                    + if i == j { 0.1 } else { 0.0 };
             }
         }
         a
