@@ -151,6 +151,9 @@ def check_tokenizer(tok_path, gguf_path):
                                                 None if len(a) == len(b) else min(len(a), len(b)))}
     pa, pb = ours.encode(PROMPT).ids, hf(PROMPT)["input_ids"]
     res["prompt"] = {"tokens": len(pb), "identical": pa == pb}
+    # the JSON itself: the same object transformers builds (AutoTokenizer's backend tokenizer, serialized)
+    res["json_equals_autotokenizer_backend"] = {
+        "identical": json.load(open(tok_path, encoding="utf-8")) == json.loads(hf.backend_tokenizer.to_str())}
     return res, hf
 
 
