@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -15,6 +16,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# The Rust tools find libonnxruntime through the onnxruntime package of this interpreter.
+os.environ.setdefault("LOOKAT_PYTHON", sys.executable)
 CONTRACT = json.loads((ROOT / "contract" / "contract.json").read_text())
 DOMAIN, OP_NAME, OPSET = CONTRACT["domain"], CONTRACT["op_name"], CONTRACT["opset_version"]
 INPUTS = [p["name"] for p in CONTRACT["inputs"]]
