@@ -14,6 +14,7 @@ cargo test --release --workspace --locked --no-fail-fast
 
 echo "== ARM64: cross-built plugin and tests under qemu, inside aarch64 onnxruntime"
 "$LOOKAT_ROOT/scripts/arm64.sh"
+"$LOOKAT_ROOT/scripts/wheel.sh"   # dist/: the x86_64 and aarch64 wheels, checked and installed by tests/python/test_wheel.py
 
 echo "== pytest (Python onnxruntime with the plugin, fixtures)"
 "$LOOKAT_VENV/bin/python" -m pytest -q tests/python
