@@ -134,6 +134,9 @@ class Bench:
         self.eval_len, self.calib_window, self.work = eval_len, calib_window, work
         self.d, self.kv, self.layers = head_dim, kv_heads, layers
         self.calibrated = {}
+        # Calibrations that differ only in m, K, transforms or grids share one set of forward
+        # passes (lookat-calibrate --keys-cache); the directory is removed at the end.
+        self.keys_cache = ROOT / "out" / f"results-keys-{name}"
         ids = tokenize([ROOT / f"models/text/eval/{d}.txt" for d in DOMAINS], tokenizer)
         self.windows = {d: t[:eval_len] for d, t in zip(DOMAINS, ids)}
         for d, t in self.windows.items():
@@ -159,7 +162,7 @@ class Bench:
         start = time.time()
         run([tool("lookat-calibrate"), "--original", self.original, "--rewritten", rw, "-o", cal, "--text", *CALIB, *tok,
              "--tokens", tokens, "--window", self.calib_window, "--batch", 1 if self.calib_window > 1024 else 4,
-             "--seed", 0, "--quiet", *calib])
+             "--seed", 0, "--quiet", "--keys-cache", self.keys_cache, *calib])
         seconds = time.time() - start
         rw.unlink()
         self.calibrated[key] = (cal, seconds)
@@ -204,6 +207,8 @@ class Bench:
     def cleanup(self):
         for cal, _ in self.calibrated.values():
             cal.unlink(missing_ok=True)
+        for f in self.keys_cache.glob("keys-*.bin"):
+            f.unlink()
 
 
 def smollm2_rows(quick):

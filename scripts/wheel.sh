@@ -13,7 +13,7 @@ cd "$LOOKAT_ROOT"
 fail() { echo "wheel: $*" >&2; exit 1; }
 
 [ -x "$LOOKAT_VENV/bin/python" ] || fail "no $LOOKAT_VENV: run scripts/setup.sh first"
-tools=(lookat-rewrite lookat-calibrate lookat-generate lookat-eval)
+tools=(lookat-rewrite lookat-calibrate lookat-generate lookat-eval lookat-tokenize)
 
 cargo build --release --workspace --locked --quiet
 

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use lookat_onnx::edit::prune_to_outputs;
@@ -313,6 +313,147 @@ pub struct Collected {
     pub keys: Vec<Vec<Reservoir>>,
     /// `queries[layer]` is empty for layers without transforms.
     pub queries: Vec<Vec<Reservoir>>,
+}
+
+impl Collected {
+    /// Little-endian: per layer, the key and query reservoirs (count, then per reservoir: dim,
+    /// seen, vectors, floats).
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = vec![];
+        let mut put = |v: u64| out.extend_from_slice(&v.to_le_bytes());
+        put(self.keys.len() as u64);
+        for part in self.keys.iter().chain(&self.queries) {
+            put(part.len() as u64);
+            for r in part {
+                put(r.dim as u64);
+                put(r.seen);
+                put(r.len() as u64);
+            }
+        }
+        for part in self.keys.iter().chain(&self.queries) {
+            for r in part {
+                out.extend(r.data.iter().flat_map(|x| x.to_le_bytes()));
+            }
+        }
+        out
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Collected> {
+        struct Reader<'a>(&'a [u8]);
+        impl<'a> Reader<'a> {
+            fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+                if n > self.0.len() {
+                    return None;
+                }
+                let (head, rest) = self.0.split_at(n);
+                self.0 = rest;
+                Some(head)
+            }
+            fn u64(&mut self) -> Option<u64> {
+                Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+            }
+        }
+        let mut r = Reader(bytes);
+        let layers = r.u64()? as usize;
+        let mut shapes = vec![];
+        for _ in 0..2 * layers {
+            let n = r.u64()? as usize;
+            let mut part = vec![];
+            for _ in 0..n {
+                part.push((r.u64()? as usize, r.u64()?, r.u64()? as usize));
+            }
+            shapes.push(part);
+        }
+        let mut parts = vec![];
+        for part in shapes {
+            let mut rs = vec![];
+            for (dim, seen, len) in part {
+                let raw = r.take(dim.checked_mul(len)?.checked_mul(4)?)?;
+                let mut res = Reservoir::new(len, dim, 0);
+                res.data = raw
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                res.seen = seen;
+                rs.push(res);
+            }
+            parts.push(rs);
+        }
+        if !r.0.is_empty() {
+            return None;
+        }
+        let queries = parts.split_off(layers);
+        Some(Collected {
+            keys: parts,
+            queries,
+        })
+    }
+}
+
+/// A directory of collected keys, so that calibrations that differ only in what they do with the
+/// keys (m, K, transforms, grids) share one set of forward passes. An entry is named by a hash of
+/// everything collection depends on: the original model file (path, size, modification time), the
+/// tokens, the window, the reservoir size, the seed and the tensors collected.
+pub struct KeysCache {
+    path: PathBuf,
+}
+
+impl KeysCache {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        dir: &Path,
+        original: &Path,
+        layers: &[LookatLayer],
+        tokens: &[u32],
+        opts: &CollectOptions,
+    ) -> Result<KeysCache> {
+        use sha2::{Digest, Sha256};
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the keys cache '{}'", dir.display()))?;
+        let meta = std::fs::metadata(original)?;
+        let mut h = Sha256::new();
+        h.update(original.canonicalize()?.to_string_lossy().as_bytes());
+        h.update(meta.len().to_le_bytes());
+        if let Ok(t) = meta.modified()?.duration_since(std::time::UNIX_EPOCH) {
+            h.update(t.as_nanos().to_le_bytes());
+        }
+        for t in tokens {
+            h.update(t.to_le_bytes());
+        }
+        for v in [opts.window, opts.reservoir, opts.seed as usize] {
+            h.update((v as u64).to_le_bytes());
+        }
+        for l in layers {
+            h.update(l.key_tensor.as_bytes());
+            h.update([0, u8::from(l.transforms.is_some())]);
+            h.update(l.query_tensor.as_bytes());
+            h.update((l.heads() as u64).to_le_bytes());
+        }
+        let name: String = h
+            .finalize()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Ok(KeysCache {
+            path: dir.join(format!("keys-{name}.bin")),
+        })
+    }
+
+    pub fn load(&self) -> Option<Collected> {
+        Collected::from_bytes(&std::fs::read(&self.path).ok()?)
+    }
+
+    /// Stores `c` (written to a temporary file, then renamed).
+    pub fn store(&self, c: &Collected) -> Result<()> {
+        let tmp = self
+            .path
+            .with_extension(format!("tmp-{}", std::process::id()));
+        std::fs::write(&tmp, c.to_bytes())
+            .with_context(|| format!("cannot write '{}'", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path)?;
+        Ok(())
+    }
 }
 
 /// Queries kept per kv head for the query statistics.

@@ -51,6 +51,9 @@ pub struct CalibrateOptions {
     pub ort_lib: Option<PathBuf>,
     /// How the key/query transforms are chosen, for models rewritten with `--transform`.
     pub transform: TransformKind,
+    /// A directory where collected keys are kept and reused by later calibrations of the same
+    /// original, tokens, window, reservoir and seed (`--keys-cache`).
+    pub keys_cache: Option<PathBuf>,
     /// Instead of k-means: a uniform symmetric grid per (kv head, dimension) — scalar INT8 / INT4
     /// per-channel quantization of the keys, run by the same op (needs m = D, K = 256 / 16).
     pub grid: Option<ScalarGrid>,
@@ -442,21 +445,41 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
 
     let env = runtime::init(opts.ort_lib.as_deref())?;
     let bar = progress_bar(opts.quiet, "forward");
-    let collected = collect_keys(
-        env,
-        original,
-        &opts.original,
-        &layers,
-        &tokens,
-        &CollectOptions {
-            window: opts.window,
-            batch: opts.batch,
-            reservoir: opts.reservoir,
-            seed: opts.seed,
-            threads: opts.threads,
-        },
-        &bar,
-    )?;
+    let collect_opts = CollectOptions {
+        window: opts.window,
+        batch: opts.batch,
+        reservoir: opts.reservoir,
+        seed: opts.seed,
+        threads: opts.threads,
+    };
+    let cache = match &opts.keys_cache {
+        Some(dir) => Some(collect::KeysCache::new(
+            dir,
+            &opts.original,
+            &layers,
+            &tokens,
+            &collect_opts,
+        )?),
+        None => None,
+    };
+    let collected = match cache.as_ref().and_then(|c| c.load()) {
+        Some(c) => c,
+        None => {
+            let c = collect_keys(
+                env,
+                original,
+                &opts.original,
+                &layers,
+                &tokens,
+                &collect_opts,
+                &bar,
+            )?;
+            if let Some(cache) = &cache {
+                cache.store(&c)?;
+            }
+            c
+        }
+    };
     bar.finish_and_clear();
     let tokens_used = (tokens.len() / opts.window) * opts.window;
 

@@ -3,6 +3,7 @@
 //! builds the same way.
 
 use lookat_onnx::graph::{attr_int, attr_ints, is_op, GraphIndex};
+use onnx_protobuf::NodeProto;
 
 /// Why a candidate is not an attention block this matcher rewrites.
 pub type Miss = String;
@@ -170,46 +171,51 @@ pub fn unrepeat_kv(g: &GraphIndex<'_>, t: &str) -> String {
     peel().unwrap_or_else(|| t.to_string())
 }
 
-/// The projection producing a `[B, S, width]` tensor: width of the `Gemm`/`MatMul` weight before
-/// it (through a bias `Add` or a `Reshape`), when it is an initializer.
-pub fn projection_width(g: &GraphIndex<'_>, tensor: &str) -> Option<usize> {
+/// The `MatMul`/`Gemm` node projecting into `tensor`, through a `Reshape` or a bias `Add`.
+fn projection<'g>(g: &GraphIndex<'g>, tensor: &str) -> Option<&'g NodeProto> {
+    let constant = |t: &str| g.initializer(t).is_some() || g.producer_op(t, "Constant").is_some();
     let mut x = tensor.to_string();
     for _ in 0..3 {
         let n = g.node(g.producer(&x)?);
-        if is_op(n, "Reshape") || is_op(n, "Add") {
+        if is_op(n, "Reshape") {
             x = n.input[0].clone();
-            continue;
-        }
-        if !(is_op(n, "MatMul") || is_op(n, "Gemm")) {
-            return None;
-        }
-        let w = g.initializer(n.input.get(1)?)?;
-        if w.dims.len() != 2 {
-            return None;
-        }
-        let cols = if is_op(n, "Gemm") && attr_int(n, "transB") == Some(1) {
-            w.dims[0]
+        } else if is_op(n, "Add") {
+            // Follow the operand that is not the bias.
+            x = match (constant(&n.input[0]), constant(&n.input[1])) {
+                (false, true) => n.input[0].clone(),
+                (true, false) => n.input[1].clone(),
+                _ => return None,
+            };
         } else {
-            w.dims[1]
-        };
-        return (cols > 0).then_some(cols as usize);
+            return (is_op(n, "MatMul") || is_op(n, "Gemm")).then_some(n);
+        }
     }
     None
 }
 
-/// The tensor a projection (`MatMul`/`Gemm`, maybe behind a bias `Add` or `Reshape`) reads: the
-/// hidden states of the layer.
-fn projection_input(g: &GraphIndex<'_>, tensor: &str) -> Option<String> {
-    let mut x = tensor.to_string();
-    for _ in 0..3 {
-        let n = g.node(g.producer(&x)?);
-        if is_op(n, "Reshape") || (is_op(n, "Add") && g.initializer(&n.input[1]).is_some()) {
-            x = n.input[0].clone();
-            continue;
-        }
-        return (is_op(n, "MatMul") || is_op(n, "Gemm")).then(|| n.input[0].clone());
+/// Output width of a projection: its weight's columns (rows for `Gemm` with `transB`), when the
+/// weight is an initializer.
+fn weight_columns(g: &GraphIndex<'_>, n: &NodeProto) -> Option<usize> {
+    let w = g.initializer(n.input.get(1)?)?;
+    if w.dims.len() != 2 {
+        return None;
     }
-    None
+    let cols = if is_op(n, "Gemm") && attr_int(n, "transB") == Some(1) {
+        w.dims[0]
+    } else {
+        w.dims[1]
+    };
+    (cols > 0).then_some(cols as usize)
+}
+
+/// The width of the projection producing a `[B, S, width]` tensor.
+pub fn projection_width(g: &GraphIndex<'_>, tensor: &str) -> Option<usize> {
+    weight_columns(g, projection(g, tensor)?)
+}
+
+/// The tensor a projection reads: the hidden states of the layer.
+fn projection_input(g: &GraphIndex<'_>, tensor: &str) -> Option<String> {
+    projection(g, tensor).map(|n| n.input[0].clone())
 }
 
 /// E = H·D from the fused QKV projection feeding `split`: its split sizes, or the width of the
@@ -224,25 +230,9 @@ pub fn fused_qkv_width(g: &GraphIndex<'_>, split: usize) -> Option<usize> {
     {
         return sizes.first().map(|&e| e as usize);
     }
-    let mut x = sn.input[0].clone();
-    for _ in 0..3 {
-        let n = g.node(g.producer(&x)?);
-        if is_op(n, "Reshape") || is_op(n, "Add") {
-            x = n.input[0].clone();
-            continue;
-        }
-        let w = g.initializer(n.input.get(1)?)?;
-        if w.dims.len() != 2 {
-            return None;
-        }
-        let cols = if is_op(n, "Gemm") && attr_int(n, "transB") == Some(1) {
-            w.dims[0]
-        } else {
-            w.dims[1]
-        };
-        return (cols > 0 && cols % 3 == 0).then_some(cols as usize / 3);
-    }
-    None
+    projection_width(g, &sn.input[0])
+        .filter(|cols| cols % 3 == 0)
+        .map(|cols| cols / 3)
 }
 
 /// `present = Concat(past, x4, axis -2 | 2)` with `past` a graph input (maybe behind a one-input

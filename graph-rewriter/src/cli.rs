@@ -20,3 +20,24 @@ pub fn parse<T: clap::Parser>() -> Result<T, ExitCode> {
         }
     })
 }
+
+/// The whole `main` of a tool: parse the command line, run `body`, print `name: error` on failure
+/// and exit with the matching status ([`EXIT_NOTHING_TO_REWRITE`] for a rewrite refusal).
+pub fn main<T: clap::Parser>(name: &str, body: impl FnOnce(T) -> anyhow::Result<()>) -> ExitCode {
+    let cli = match parse::<T>() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    match body(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            let refusal = e.downcast_ref::<crate::Refusal>().is_some();
+            ExitCode::from(if refusal {
+                EXIT_NOTHING_TO_REWRITE
+            } else {
+                EXIT_ERROR
+            })
+        }
+    }
+}

@@ -2,8 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use lookat_rewrite::cli::{self, EXIT_ERROR, EXIT_NOTHING_TO_REWRITE};
-use lookat_rewrite::{io, rewrite, Options, Refusal, ValueDtype};
+use lookat_rewrite::{io, rewrite, Options, ValueDtype};
 
 #[derive(Clone, Copy, ValueEnum)]
 enum ValueDtypeArg {
@@ -56,22 +55,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = match cli::parse::<Cli>() {
-        Ok(cli) => cli,
-        Err(code) => return code,
-    };
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            let refusal = e.downcast_ref::<Refusal>().is_some();
-            eprintln!("lookat-rewrite: {e:#}");
-            ExitCode::from(if refusal {
-                EXIT_NOTHING_TO_REWRITE
-            } else {
-                EXIT_ERROR
-            })
-        }
-    }
+    lookat_rewrite::cli::main::<Cli>("lookat-rewrite", |cli| run(&cli))
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {

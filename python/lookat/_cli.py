@@ -46,10 +46,15 @@ def evaluate():
     _exec("lookat-eval")
 
 
+def tokenize():
+    _exec("lookat-tokenize")
+
+
 # The console entry points (name = lookat._cli:function), read by the wheel builder.
 ENTRY_POINTS = {
     "lookat-rewrite": "rewrite",
     "lookat-calibrate": "calibrate",
     "lookat-generate": "generate",
     "lookat-eval": "evaluate",
+    "lookat-tokenize": "tokenize",
 }

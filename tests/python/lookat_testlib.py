@@ -5,6 +5,7 @@ The op's names and I/O positions come from contract/contract.json, which `cargo 
 lookat-contract` generates from contract/src/lib.rs (a Rust test keeps it current)."""
 
 import json
+import re
 import os
 import pathlib
 import subprocess
@@ -52,6 +53,25 @@ def plugin_path() -> str:
             f"the LookatAttention plugin {path} is missing: run scripts/setup.sh (cargo build --release)"
         )
     return path
+
+
+def generate_metrics(original, model, *args):
+    """Runs lookat-generate's teacher-forced comparison of `model` against `original` (extra
+    arguments: the held-out text, tokens, tokenizer...) and returns (perplexity original,
+    perplexity lookat, top-1 agreement, KL), printing them."""
+    line = subprocess.run(
+        [str(tool("lookat-generate")), "--original", str(original), "--model", str(model), *map(str, args)],
+        check=True, capture_output=True, text=True,
+    ).stdout.splitlines()[-1]
+    m = re.search(
+        r"perplexity original ([\d.]+), +lookat ([\d.]+); next-token top-1 agreement ([\d.]+); "
+        r"mean KL\(original \|\| lookat\) ([\d.e-]+)",
+        line,
+    )
+    assert m, line
+    po, pl, agree, kl = map(float, m.groups())
+    print(f"{pathlib.Path(model).name}: ppl {po:.2f} -> {pl:.2f}, agreement {agree:.4f}, KL {kl:.5f}")
+    return po, pl, agree, kl
 
 
 def tool(name: str) -> pathlib.Path:

@@ -2,7 +2,6 @@
 held-out text token by token through the cache in onnxruntime), and the same check must fail on a
 model whose codebooks are corrupted — so the check can catch drift."""
 
-import re
 import subprocess
 
 import numpy as np
@@ -10,7 +9,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from lookat_testlib import CONTRACT, ROOT, tool
+from lookat_testlib import CONTRACT, ROOT, generate_metrics, tool
 from test_rewrite import rewrite
 
 ORIGINAL = ROOT / "models/fixtures/trained/dyn18-eager-kv.onnx"
@@ -24,16 +23,8 @@ MAX_PPL_RATIO = 1.10
 
 
 def measure(model):
-    line = subprocess.run(
-        [str(tool("lookat-generate")), "--original", str(ORIGINAL), "--model", str(model), "--new-tokens", "4",
-         "--eval-text", str(ROOT / "models/text/eval/prose.txt"), "--eval-tokens", "160"],
-        check=True, capture_output=True, text=True,
-    ).stdout.splitlines()[-1]
-    m = re.search(r"perplexity original ([\d.]+), lookat ([\d.]+); next-token top-1 agreement ([\d.]+); mean KL\(original \|\| lookat\) ([\d.e-]+)", line)
-    assert m, line
-    po, pl, agree, kl = map(float, m.groups())
-    print(f"{model.name}: ppl {po:.2f} -> {pl:.2f}, agreement {agree:.4f}, KL {kl:.5f}")
-    return po, pl, agree, kl
+    return generate_metrics(ORIGINAL, model, "--new-tokens", "4", "--eval-text", ROOT / "models/text/eval/prose.txt",
+                            "--eval-tokens", "160")
 
 
 def passes(po, pl, agree, kl):

@@ -5,7 +5,6 @@ per-dimension quantiles of that model's own keys on other text) continues a 32-t
 
 import hashlib
 import json
-import os
 import pathlib
 import subprocess
 

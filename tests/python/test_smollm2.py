@@ -6,7 +6,6 @@ plugin — stays close to the original end to end at the setting the README reco
 same check fails with corrupted codebooks."""
 
 import json
-import re
 import subprocess
 
 import numpy as np
@@ -15,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from lookat_testlib import CONTRACT, ROOT, tool
+from lookat_testlib import CONTRACT, ROOT, generate_metrics, tool
 
 FIXTURES = ROOT / "models" / "fixtures" / "smollm2"
 REFERENCE = FIXTURES / "reference.json"
@@ -205,17 +204,9 @@ MAX_PPL_RATIO = 1.08
 
 
 def measure(model):
-    line = subprocess.run(
-        [str(tool("lookat-generate")), "--original", str(FIXTURES / "dyn18-eager-kv.onnx"), "--model", str(model),
-         "--tokenizer", str(TOKENIZER), "--new-tokens", "2", "--eval-text", str(ROOT / "models/text/eval/technical.txt"),
-         "--eval-tokens", "512", "--eval-chunk", "256"],
-        check=True, capture_output=True, text=True,
-    ).stdout.splitlines()[-1]
-    m = re.search(r"perplexity original ([\d.]+), +lookat ([\d.]+); next-token top-1 agreement ([\d.]+); mean KL\(original \|\| lookat\) ([\d.e-]+)", line)
-    assert m, line
-    po, pl, agree, kl = map(float, m.groups())
-    print(f"{model.name}: ppl {po:.2f} -> {pl:.2f}, agreement {agree:.4f}, KL {kl:.5f}")
-    return po, pl, agree, kl
+    return generate_metrics(FIXTURES / "dyn18-eager-kv.onnx", model, "--tokenizer", TOKENIZER, "--new-tokens", "2",
+                            "--eval-text", ROOT / "models/text/eval/technical.txt", "--eval-tokens", "512",
+                            "--eval-chunk", "256")
 
 
 def passes(po, pl, agree, kl):

@@ -42,7 +42,7 @@ MIN_ORT = json.loads((ROOT / "contract" / "contract.json").read_text())["min_onn
 # The onnxruntime that the installs get (as the wheel's dependency): requirements.txt's pin, passed
 # to pip as a constraint, which also pins numpy.
 ORT_PIN = next(l.strip() for l in (ROOT / "requirements.txt").read_text().splitlines() if l.startswith("onnxruntime=="))
-TOOLS = ["lookat-rewrite", "lookat-calibrate", "lookat-generate", "lookat-eval"]
+TOOLS = ["lookat-rewrite", "lookat-calibrate", "lookat-generate", "lookat-eval", "lookat-tokenize"]
 ARCHES = ["x86_64", "aarch64"]
 A64 = ROOT / "target" / "aarch64" / "aarch64-unknown-linux-gnu" / "release"
 BUILT = {"x86_64": ROOT / "target" / "release", "aarch64": A64}
@@ -117,7 +117,7 @@ def test_name_tags_metadata_and_contents(arch):
         assert (wheel["Wheel-Version"], wheel["Root-Is-Purelib"]) == ("1.0", "false")
         assert wheel.get_all("Tag") == [str(tag)]
         assert read(f"{di}/entry_points.txt").split() == ["[console_scripts]"] + [
-            w for t, f in zip(TOOLS, ["rewrite", "calibrate", "generate", "evaluate"]) for w in (t, "=", f"lookat._cli:{f}")
+            w for t, f in zip(TOOLS, ["rewrite", "calibrate", "generate", "evaluate", "tokenize"]) for w in (t, "=", f"lookat._cli:{f}")
         ]
         assert f'__version__ = "{VERSION}"' in read("lookat/_version.py")
         assert f'MIN_ONNXRUNTIME = "{MIN_ORT}"' in read("lookat/_version.py")

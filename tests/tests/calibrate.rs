@@ -63,6 +63,7 @@ fn options(rewritten: &Path, output: PathBuf, threads: usize) -> CalibrateOption
         ort_lib: Some(ort_library()),
         transform: lookat_calibrate::TransformKind::Fsa,
         grid: None,
+        keys_cache: None,
     }
 }
 
@@ -297,5 +298,35 @@ fn model_limits_are_read_from_the_graph() {
         err.contains("--window 2048 exceeds the 1024 positions"),
         "{err}"
     );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--keys-cache`: the first run stores the collected keys and a second run reuses them; both
+/// give the codebooks of an uncached run, byte for byte.
+#[test]
+fn keys_cache_reuses_collection_and_changes_nothing() {
+    let dir = std::env::temp_dir().join(format!("lookat-calibrate-cache-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rw = rewritten(&dir);
+    let cache = dir.join("keys");
+    calibrate(&options(&rw, dir.join("plain.onnx"), 2)).unwrap();
+    for run in ["first", "second"] {
+        let mut o = options(&rw, dir.join(format!("{run}.onnx")), 2);
+        o.keys_cache = Some(cache.clone());
+        calibrate(&o).unwrap();
+        assert_eq!(
+            codebook_bytes(&dir.join(format!("{run}.onnx"))),
+            codebook_bytes(&dir.join("plain.onnx")),
+            "{run} cached run"
+        );
+    }
+    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
+    assert_eq!(entries.len(), 1, "one cache entry for one collection");
+    // A different token budget is a different collection.
+    let mut o = options(&rw, dir.join("other.onnx"), 2);
+    o.keys_cache = Some(cache.clone());
+    o.tokens = 2000;
+    calibrate(&o).unwrap();
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }

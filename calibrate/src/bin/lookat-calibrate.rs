@@ -63,16 +63,21 @@ struct Cli {
     /// 16): the baselines, run by the same op.
     #[arg(long, value_enum)]
     grid: Option<ScalarGrid>,
+    /// Keep the collected keys in this directory and reuse them when the original, tokens,
+    /// window, reservoir and seed are the same (sweeps over m, K or transforms then share one
+    /// set of forward passes; the codebooks are identical to an uncached run).
+    #[arg(long, value_name = "DIR")]
+    keys_cache: Option<PathBuf>,
     /// libonnxruntime.so (default: ORT_DYLIB_PATH, else the one in python3's onnxruntime package).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
-    let cli = match lookat_rewrite::cli::parse::<Cli>() {
-        Ok(cli) => cli,
-        Err(code) => return code,
-    };
+    lookat_rewrite::cli::main::<Cli>("lookat-calibrate", run)
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let start = Instant::now();
     let opts = CalibrateOptions {
         original: cli.original,
@@ -92,14 +97,9 @@ fn main() -> ExitCode {
         ort_lib: cli.ort_lib,
         transform: cli.transform,
         grid: cli.grid,
+        keys_cache: cli.keys_cache,
     };
-    let summary = match calibrate(&opts) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("lookat-calibrate: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let summary = calibrate(&opts)?;
     if !cli.quiet {
         println!(
             "calibrated {} layer(s) on {} tokens (corpus sha256 {}…) in {:.1} s, seed {}",
@@ -132,5 +132,5 @@ fn main() -> ExitCode {
         }
         println!("wrote '{}'", cli.output.display());
     }
-    ExitCode::SUCCESS
+    Ok(())
 }

@@ -67,17 +67,7 @@ const SUBSPACES: [usize; 5] = [1, 2, 4, 8, 16];
 const K: usize = 256;
 
 fn main() -> ExitCode {
-    let cli = match lookat_rewrite::cli::parse::<Cli>() {
-        Ok(cli) => cli,
-        Err(code) => return code,
-    };
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("lookat-eval: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    lookat_rewrite::cli::main::<Cli>("lookat-eval", |cli| run(&cli))
 }
 
 fn rewritten(original: &Path, m: usize) -> Result<onnx_protobuf::ModelProto> {

@@ -55,17 +55,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = match lookat_rewrite::cli::parse::<Cli>() {
-        Ok(cli) => cli,
-        Err(code) => return code,
-    };
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("lookat-generate: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    lookat_rewrite::cli::main::<Cli>("lookat-generate", |cli| run(&cli))
 }
 
 fn run(cli: &Cli) -> Result<()> {

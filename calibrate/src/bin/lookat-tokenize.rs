@@ -20,17 +20,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = match lookat_rewrite::cli::parse::<Cli>() {
-        Ok(cli) => cli,
-        Err(code) => return code,
-    };
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("lookat-tokenize: {e:#}");
-            ExitCode::from(lookat_rewrite::cli::EXIT_ERROR)
-        }
-    }
+    lookat_rewrite::cli::main::<Cli>("lookat-tokenize", |cli| run(&cli))
 }
 
 fn run(cli: &Cli) -> Result<()> {
