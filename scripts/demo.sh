@@ -13,7 +13,7 @@ start=$SECONDS
 # --- SmolLM2-135M ------------------------------------------------------------------------------
 # The recommended setting (README, docs/RESULTS.md): m = 16 codes per key and kv head, a
 # query-whitened rotation before PQ, the first 4 tokens and each query's 64 most recent tokens
-# scored from full-precision keys. Outputs go next to the export (same directory: the 540 MB of
+# scored from float16 keys, float16 values. Outputs go next to the export (same directory: the 540 MB of
 # weights are referenced, not copied) and are removed at the end.
 smol=models/fixtures/smollm2
 model=$smol/dyn18-eager-kv.onnx
@@ -21,8 +21,8 @@ tok=$smol/tokenizer.json
 rw=$smol/.demo-rewritten.onnx
 cal=$smol/.demo-calibrated.onnx
 trap 'rm -f "$rw" "$cal"' EXIT
-echo "== SmolLM2-135M 1. lookat-rewrite: attention -> LookatAttention (m=16, sinks 4, window 64, transforms)"
-"$bin/lookat-rewrite" "$model" -o "$rw" --subspaces "${LOOKAT_SMOL_M:-16}" --sinks 4 --window 64 --transform | grep -v "cache .* past_key_values.[1-9]\|cache .* present.[1-9]"
+echo "== SmolLM2-135M 1. lookat-rewrite: attention -> LookatAttention (m=16, sinks 4, window 64, transforms, float16 values)"
+"$bin/lookat-rewrite" "$model" -o "$rw" --subspaces "${LOOKAT_SMOL_M:-16}" --sinks 4 --window 64 --transform --value-dtype f16 | grep -v "cache .* past_key_values.[1-9]\|cache .* present.[1-9]"
 echo
 echo "== SmolLM2-135M 2. lookat-calibrate: ${LOOKAT_SMOL_TOKENS:-16384} tokens in windows of 2048, the model's tokenizer"
 "$bin/lookat-calibrate" --original "$model" --rewritten "$rw" -o "$cal" --text "${calib[@]}" \

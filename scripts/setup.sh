@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up on a fresh machine: the project venv (.venv) with onnxruntime 1.31.1, and a
+# Idempotent set-up on a fresh machine: the project venv (.venv) with the pinned onnxruntime, and a
 # release build of the workspace (the plugin and the tools). Called by demo.sh and test.sh.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"

@@ -196,7 +196,7 @@ M_EQUAL_D_LOGIT_BOUND = 1.0
 # 2026-12-03): calibrated — perplexity 5.73 -> 5.79, top-1 agreement 0.963, KL 0.0133; corrupted —
 # 5.73 -> 112.2, 0.291, 2.72. Each threshold below separates the two with margin; the test prints
 # both measurements.
-RECOMMENDED = ["--subspaces", "16", "--sinks", "4", "--window", "64", "--transform"]
+RECOMMENDED = ["--subspaces", "16", "--sinks", "4", "--window", "64", "--transform", "--value-dtype", "f16"]
 CALIB_TOKENS = 4096
 MIN_AGREEMENT = 0.88
 MAX_KL = 0.08
