@@ -204,6 +204,13 @@ class Bench:
             f"top-1 {last['top1']:.4f}, KL {last['kl']:.4f}")
         return row
 
+    def run(self, plan):
+        """Evaluates every (label, settings) of `plan`; removes the calibrated models after."""
+        try:
+            return [self.evaluate(label, **kw) for label, kw in plan]
+        finally:
+            self.cleanup()
+
     def cleanup(self):
         for cal, _ in self.calibrated.values():
             cal.unlink(missing_ok=True)
@@ -237,13 +244,7 @@ def smollm2_rows(quick):
     ]
     if not quick:
         plan += [("PQ m=16 + fsa + window, 64k calib", dict(m=16, transform="fsa", tokens=65536, **w))]
-    rows = []
-    try:
-        for label, kw in plan:
-            rows.append(b.evaluate(label, **kw))
-    finally:
-        b.cleanup()
-    return rows
+    return b.run(plan)
 
 
 def gpt2_rows():
@@ -256,13 +257,7 @@ def gpt2_rows():
         ("PQ m=4 + fsa + window", dict(m=4, transform="fsa", sinks=4, window=64, tokens=50000)),
         ("PQ m=8 + fsa + window", dict(m=8, transform="fsa", sinks=4, window=64, tokens=50000)),
     ]
-    rows = []
-    try:
-        for label, kw in plan:
-            rows.append(b.evaluate(label, **kw))
-    finally:
-        b.cleanup()
-    return rows
+    return b.run(plan)
 
 
 def main():
