@@ -5,6 +5,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 "$LOOKAT_ROOT/scripts/setup.sh"
+source "$LOOKAT_ROOT/scripts/env.sh"   # again: the venv (and its onnxruntime library) exists now
 cd "$LOOKAT_ROOT"
 bin=target/release
 calib=(models/text/calib/prose.txt models/text/calib/code.txt models/text/calib/technical.txt)

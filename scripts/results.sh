@@ -6,6 +6,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 "$LOOKAT_ROOT/scripts/setup.sh"
+source "$LOOKAT_ROOT/scripts/env.sh"   # again: the venv (and its onnxruntime library) exists now
 cd "$LOOKAT_ROOT"
 "$LOOKAT_VENV/bin/python" scripts/results.py "$@"
 "$LOOKAT_VENV/bin/python" scripts/results_md.py docs/results/results.json > /dev/null

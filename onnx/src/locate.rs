@@ -9,7 +9,8 @@ use anyhow::{bail, Context, Result};
 /// The ONNX Runtime shared library: `explicit`, else `ORT_DYLIB_PATH`, else the one the
 /// `onnxruntime` Python package of `LOOKAT_PYTHON` (default `python3`) ships.
 pub fn ort_library(explicit: Option<&Path>) -> Result<PathBuf> {
-    let path = match (explicit, std::env::var_os("ORT_DYLIB_PATH")) {
+    let from_env = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty());
+    let path = match (explicit, from_env) {
         (Some(p), _) => p.to_path_buf(),
         (None, Some(p)) => PathBuf::from(p),
         (None, None) => {

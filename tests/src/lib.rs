@@ -19,7 +19,7 @@ pub fn repo_root() -> PathBuf {
 /// The ONNX Runtime shared library: `ORT_DYLIB_PATH`, else the one in the project venv's
 /// onnxruntime package (made by scripts/setup.sh).
 pub fn ort_library() -> PathBuf {
-    let found = match std::env::var_os("ORT_DYLIB_PATH") {
+    let found = match std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         Some(p) => lookat_onnx::locate::ort_library(Some(&PathBuf::from(p))),
         None => {
             lookat_onnx::locate::library_in_python_package(&repo_root().join(".venv/bin/python"))
