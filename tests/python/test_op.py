@@ -125,10 +125,10 @@ def _bad(name, mutate, expect):
 # op runs, so those two messages are ORT's; every other message is the op's own.
 BAD_INPUTS = [
     _bad("query_rank", lambda f: f.update(query=f["query"][0]), ["'query'", "rank 3"]),
-    _bad("key_shape", lambda f: f.update(key=f["key"][:, :1]), ["'key'", "differs from 'query'"]),
-    _bad("value_shape", lambda f: f.update(value=f["value"][:1]), ["'value'", "differs from 'query'"]),
+    _bad("key_shape", lambda f: f.update(key=f["key"][:, :1]), ["input 'key' shape [2, 1, 256] must be [2, 2, 256]", "num_kv_heads=4"]),
+    _bad("value_shape", lambda f: f.update(value=f["value"][:1]), ["input 'value' shape [1, 2, 256] must be [2, 2, 256]", "num_kv_heads=4"]),
     _bad("hidden_not_divisible", lambda f: [f.update({n: f[n][..., :-1]}) for n in ("query", "key", "value")], ["num_heads=4"]),
-    _bad("codebook_heads", lambda f: f.update(codebooks=f["codebooks"][:3]), ["'codebooks'", "3 heads", "num_heads=4"]),
+    _bad("codebook_heads", lambda f: f.update(codebooks=f["codebooks"][:3]), ["'codebooks'", "3 heads", "num_kv_heads=4"]),
     _bad("codebook_subspaces", lambda f: f.update(codebooks=np.zeros((H, 3, 16, 21), np.float32)), ["'codebooks'", "does not split head_dim=64"]),
     _bad("codebook_too_many_centroids", lambda f: f.update(codebooks=np.zeros((H, M, 300, 8), np.float32)), ["300 centroids", "1 to 256"]),
     _bad("codebook_rank", lambda f: f.update(codebooks=f["codebooks"][0]), ["'codebooks'", "rank 4"]),
@@ -174,14 +174,14 @@ def test_missing_num_heads_and_uncalibrated_codebooks_fail_at_session_creation()
         session(model)
 
 
-def test_reserved_window_input_is_refused():
+def test_window_input_without_a_window_is_refused():
     model = shapeless_model()
     model.graph.node[0].input.append("past_key_window")
     model.graph.input.append(helper.make_tensor_value_info("past_key_window", TensorProto.FLOAT, None))
     sess = session(model)
     feeds = good_feeds(np.random.default_rng(5))
     feeds["past_key_window"] = np.zeros((2, H, 1, D), np.float32)
-    with pytest.raises(Exception, match="'past_key_window' is reserved"):
+    with pytest.raises(Exception, match="input 'past_key_window' is read only when attribute 'sinks' or 'window' is > 0"):
         sess.run(None, feeds)
 
 

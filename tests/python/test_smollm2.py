@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from lookat_testlib import CONTRACT, ROOT, generate_metrics, tool
+from lookat_testlib import CONTRACT, ROOT, generate_metrics, plugin_path, tool
 
 FIXTURES = ROOT / "models" / "fixtures" / "smollm2"
 REFERENCE = FIXTURES / "reference.json"
@@ -40,6 +40,13 @@ def exports():
 def session(path):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def lookat_session(path):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.register_custom_ops_library(plugin_path())
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -119,12 +126,51 @@ def keys_per_node(src, rewritten, ids):
     return [o.transpose(0, 2, 1, 3).reshape(-1, o.shape[1], o.shape[3]) for o in outs]
 
 
+# Keys of calibration text (not the evaluated prompt), per layer: every export holds the same weights,
+# so they are collected once, through the first export that asks.
+_TEXT_KEYS = []
+CODEBOOK_TOKENS = 2048
+
+
+def text_keys(src, rewritten):
+    if not _TEXT_KEYS:
+        ids = subprocess.run(
+            [str(tool("lookat-tokenize")), "--tokenizer", str(TOKENIZER), str(ROOT / "models/text/calib/prose.txt")],
+            check=True, capture_output=True, text=True,
+        ).stdout.split()[:CODEBOOK_TOKENS]
+        windows = np.array(ids, np.int64).reshape(-1, 512)
+        per_window = [keys_per_node(src, rewritten, w[None]) for w in windows]
+        _TEXT_KEYS.extend(np.concatenate(layer) for layer in zip(*per_window))
+    return _TEXT_KEYS
+
+
+def teacher_forced_logits(sess, prompt, continuation):
+    """Next-token logits after the prompt and after each continuation token, fed one at a time
+    through the cache when the model has one (the rewritten model then reads its own codes back)."""
+    names = [o.name for o in sess.get_outputs()]
+    past = empty_past(sess)
+    if not past:
+        seq = np.array([prompt + continuation], np.int64)
+        logits = sess.run(["logits"], feeds_for(sess, seq, 0, {}))[0][0]
+        return logits[len(prompt) - 1 :]
+    outs = dict(zip(names, sess.run(None, feeds_for(sess, np.array([prompt], np.int64), 0, past))))
+    seen, past_len = [outs["logits"][0, -1]], len(prompt)
+    for token in continuation:
+        past = {n.replace("present.", "past_key_values.", 1): v for n, v in outs.items() if n.startswith("present.")}
+        outs = dict(zip(names, sess.run(None, feeds_for(sess, np.array([[token]]), past_len, past))))
+        seen.append(outs["logits"][0, -1])
+        past_len += 1
+    return np.stack(seen)
+
+
 @pytest.mark.parametrize("rel", exports(), ids=lambda p: p.split("/")[-1])
 def test_every_export_rewrites_and_is_near_lossless_at_m_equal_d(rel):
-    """m = D (one float per code) with K = 256 quantile codebooks of the model's own keys: the
-    rewritten model greedily continues the reference prompt like PyTorch did, and its logits stay
-    within the bound below of the original's. Outputs are written next to the fixture (same
-    directory: no 540 MB copy of the weights) and removed."""
+    """m = D (one float per code) with K = 256 per-dimension quantile codebooks of the model's own
+    keys on calibration text: fed the reference prompt and PyTorch's greedy continuation, the
+    rewritten model's logits stay within the bound below of the original's at every step. Teacher
+    forcing, not the rewritten model's own greedy choice: this model's greedy continuation has
+    near-ties (top-2 margins down to 0.03), which even 8-bit keys flip. Outputs are written next to
+    the fixture (same directory: no 540 MB copy of the weights) and removed."""
     require_weights()
     src = ROOT / rel
     ref = json.loads(REFERENCE.read_text())
@@ -138,54 +184,29 @@ def test_every_export_rewrites_and_is_near_lossless_at_m_equal_d(rel):
             for n in model.graph.node
             if n.domain == CONTRACT["domain"]
         )
-        rng = np.random.default_rng(0)
-        ids = rng.integers(0, 49152, (1, 384), dtype=np.int64)
-        keys = keys_per_node(src, model, ids)
         levels = np.linspace(0, 1, 256)
-        for i, k in enumerate(keys):
+        for i, k in enumerate(text_keys(src, model)):
             t = next(t for t in model.graph.initializer if t.name == f"{CONTRACT['codebooks_prefix']}{i}")
             book = np.quantile(k, levels, axis=0).transpose(1, 2, 0)[..., None].astype(np.float32)
             t.CopyFrom(numpy_helper.from_array(book, t.name))
         onnx.save(model, str(dst))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 2
-        from lookat_testlib import plugin_path
-
-        opts.register_custom_ops_library(plugin_path())
-        look = ort.InferenceSession(str(dst), opts, providers=["CPUExecutionProvider"])
-        orig = session(src)
-        prompt = np.array([ref["prompt_ids"]], np.int64)
-        diffs, tokens = [], []
-        for sess in (orig, look):
-            names = [o.name for o in sess.get_outputs()]
-            past = empty_past(sess)
-            outs = dict(zip(names, sess.run(None, feeds_for(sess, prompt, 0, past))))
-            got, seen = [], []
-            seq, past_len = prompt, prompt.shape[1]
-            for _ in range(8):
-                seen.append(outs["logits"][0, -1])
-                nxt = int(outs["logits"][0, -1].argmax())
-                got.append(nxt)
-                if past:
-                    past = {n.replace("present.", "past_key_values.", 1): v for n, v in outs.items() if n.startswith("present.")}
-                    outs = dict(zip(names, sess.run(None, feeds_for(sess, np.array([[nxt]]), past_len, past))))
-                    past_len += 1
-                else:
-                    seq = np.concatenate([seq, [[nxt]]], axis=1)
-                    outs = dict(zip(names, sess.run(None, feeds_for(sess, seq, 0, {}))))
-            tokens.append(got)
-            diffs.append(np.stack(seen))
-        diff = float(np.abs(diffs[0] - diffs[1]).max())
-        print(f"{rel}: m = D, max |dlogit| {diff:.3f}, tokens equal {tokens[0] == tokens[1]}")
-        assert tokens[0] == tokens[1] == ref["greedy_ids"][:8]
-        assert diff <= M_EQUAL_D_LOGIT_BOUND
+        continuation = ref["greedy_ids"]
+        want = teacher_forced_logits(session(src), ref["prompt_ids"], continuation)
+        got = teacher_forced_logits(lookat_session(dst), ref["prompt_ids"], continuation)
+        diff = float(np.abs(want - got).max())
+        agree = float(np.mean(want.argmax(-1) == got.argmax(-1)))
+        print(f"{rel}: m = D, teacher-forced over {len(want)} steps: max |dlogit| {diff:.3f}, top-1 agreement {agree:.3f}")
+        assert diff <= M_EQUAL_D_LOGIT_BOUND, f"max |dlogit| {diff}"
     finally:
         dst.unlink(missing_ok=True)
 
 
-# Largest |Δlogit| at m = D over 8 greedy steps (quantile codebooks from 384 random tokens):
-# measured at most MEASURED on the eight exports (printed by the test); the bound leaves a margin.
-M_EQUAL_D_LOGIT_BOUND = 1.0
+# Largest |Δlogit| at m = D over the 17 teacher-forced steps: measured 1.141-1.159 on the eight
+# exports (printed by the test; 2-core VM, 2026-12-03; top-1 agreement 16 of 17 on each: one
+# near-tie), in line with INT8 per-channel keys' KL of 0.0006 in docs/RESULTS.md: 8-bit keys are not
+# exact on this model. A structural error moves logits far more: each kv head given its neighbour's
+# codebooks measured 11.3 over the first 8 steps (ts17-eager-kv). The bound leaves a margin over the measurement.
+M_EQUAL_D_LOGIT_BOUND = 1.5
 
 
 # The CI guard on the real model, at the README's recommended setting with a small calibration
