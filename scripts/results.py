@@ -148,16 +148,17 @@ class Bench:
     def path(self, stem):
         return self.original.parent / f".results-{self.name}-{stem}.onnx"
 
-    def calibrate(self, m, k, transform, grid, tokens):
-        key = (m, k, transform, grid, tokens)
+    def calibrate(self, m, k, transform, grid, tokens, budget=None, rewrite_extra=()):
+        key = (m, k, transform, grid, tokens, budget, tuple(rewrite_extra))
         if key in self.calibrated:
             return self.calibrated[key]
-        stem = f"m{m}-k{k}-{transform or 'none'}-{grid or 'kmeans'}-{tokens}"
+        stem = f"m{m}-k{k}-{transform or 'none'}-{grid or 'kmeans'}-{tokens}" + (f"-budget{budget}" if budget else "")
         rw, cal = self.path(stem + "-rw"), self.path(stem + "-cal")
-        args = ["--subspaces", m, "--centroids", k] + (["--transform"] if transform else [])
+        args = ["--subspaces", m, "--centroids", k, *rewrite_extra] + (["--transform"] if transform else [])
         run([tool("lookat-rewrite"), self.original, "-o", rw, *args])
         calib = ["--transform", transform] if transform else []
         calib += ["--grid", grid] if grid else []
+        calib += ["--budget", budget] if budget else []
         tok = ["--tokenizer", self.tokenizer] if self.tokenizer else []
         start = time.time()
         run([tool("lookat-calibrate"), "--original", self.original, "--rewritten", rw, "-o", cal, "--text", *CALIB, *tok,
@@ -169,10 +170,16 @@ class Bench:
         log(f"{self.name}: calibrated {stem} in {seconds:.0f} s")
         return self.calibrated[key]
 
-    def evaluate(self, label, m, k=256, transform=None, grid=None, tokens=16384, sinks=0, window=0, value_dtype="f32"):
-        cal, calib_seconds = self.calibrate(m, k, transform, grid, tokens)
+    def evaluate(self, label, m, k=256, transform=None, grid=None, tokens=16384, sinks=0, window=0, value_dtype="f32",
+                 budget=None):
+        rewrite_extra = ()
+        if budget:
+            # --budget reshapes each layer's codebooks and codes cache: calibrate the rewrite that is
+            # evaluated (window and value type included) instead of copying constants into another.
+            rewrite_extra = ("--sinks", sinks, "--window", window, "--value-dtype", value_dtype)
+        cal, calib_seconds = self.calibrate(m, k, transform, grid, tokens, budget, rewrite_extra)
         model = cal
-        if sinks or window or value_dtype != "f32":
+        if not budget and (sinks or window or value_dtype != "f32"):
             model = self.path(f"{label}")
             rw = self.path(f"{label}-rw")
             args = ["--subspaces", m, "--centroids", k, "--sinks", sinks, "--window", window, "--value-dtype", value_dtype]
@@ -184,17 +191,22 @@ class Bench:
         del sess
         if model != cal:
             model.unlink()
+        # Codes per key and kv head: m, or with --budget the mean of the layers' m.
+        books = [t for t in onnx.load(str(cal), load_external_data=False).graph.initializer
+                 if t.name.startswith(CONTRACT["codebooks_prefix"])]
+        codes = sum(t.dims[0] * t.dims[1] for t in books) / sum(t.dims[0] for t in books)
         value_bytes = 2 if value_dtype == "f16" else 4
         key_window = (sinks + window) * self.d * value_bytes
         constants = (0 if grid else k * self.d * 4) + (2 * self.d * self.d * 4 if transform else 0)
         lengths = [n for n in (256, 1024, 2048, 4096) if n <= self.eval_len]
         row = {
-            "label": label, "subspaces": m, "centroids": k, "transform": transform, "grid": grid,
+            "label": label, "subspaces": m, "centroids": k, "transform": transform, "grid": grid, "budget": budget,
+            "layer_subspaces": [int(t.dims[1]) for t in books],
             "calib_tokens": tokens, "calib_seconds": round(calib_seconds, 1), "sinks": sinks, "window": window,
             "value_dtype": value_dtype,
             "bytes_per_token_kv_head": {
                 # Scalar rows: what a packed INT8 / INT4 cache stores (this op keeps one byte per code).
-                str(t): {"codes": m if grid is None else m * (8 if grid == "int8" else 4) / 8,
+                str(t): {"codes": codes if grid is None else m * (8 if grid == "int8" else 4) / 8,
                          "key_window": key_window / t, "constants": constants / t} for t in lengths
             },
             "metrics": {str(k2): v for k2, v in summarise(per_domain, lengths).items()},
@@ -241,6 +253,8 @@ def smollm2_rows(quick):
         ("PQ m=4 + fsa + window", dict(m=4, transform="fsa", **w)),
         ("PQ m=8 + fsa + window 128", dict(m=8, transform="fsa", sinks=4, window=128)),
         ("PQ m=16 + fsa + window, f16 cache", dict(m=16, transform="fsa", value_dtype="f16", **w)),
+        # lookat-calibrate --budget: each layer's m (2, 4, 8 or 16) from its measured score error.
+        ("PQ budget 12 + fsa + window", dict(m=16, transform="fsa", budget=12, **w)),
     ]
     if not quick:
         plan += [("PQ m=16 + fsa + window, 64k calib", dict(m=16, transform="fsa", tokens=65536, **w))]

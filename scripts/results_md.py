@@ -128,6 +128,14 @@ def reading():
     pair("float16 instead of float32 values and key window", "PQ m=16 + fsa + window", "PQ m=16 + fsa + window, f16 cache")
     pair("Same bytes spent on codes instead of a longer window", "PQ m=8 + fsa + window 128", "PQ m=16 + fsa + window")
     pair("Against scalar INT4 keys with the same window", "INT4 per-channel + window", "PQ m=16 + fsa + window, f16 cache")
+    pair("A byte budget between m = 8 and m = 16 (`--budget 12`: each layer's m from its measured score error) "
+         "instead of m = 8 everywhere", "PQ m=8 + fsa + window", "PQ budget 12 + fsa + window")
+    pair("m = 16 everywhere instead of `--budget 12`", "PQ budget 12 + fsa + window", "PQ m=16 + fsa + window")
+    for r in smol:
+        if r.get("budget"):
+            ms = r["layer_subspaces"]
+            counts = ", ".join(f"{ms.count(m)} × m={m}" for m in sorted(set(ms)))
+            lines.append(f"- {r['label']} chose, layer by layer: {' '.join(map(str, ms))} ({counts}).")
     lines.append(
         "- What did not earn its bytes: a 128-token window at m = 8 instead of m = 16 codes; m = 4 "
         "and m = 8 in every combination measured (the best m = 8 row is far from m = 16); "
@@ -169,7 +177,9 @@ amortised over a single sequence of T tokens; with a batch of sequences they amo
 
 **Levers.** window = the first 4 tokens and each query's 64 most recent tokens scored exactly;
 pca = balanced PCA rotation of the keys; fsa = query-whitened balanced PCA (`A = Σq^½·R`,
-`B = Σq^-½·R`); m = codes per key and kv head (head size 64, K = 256). The calibration column's
+`B = Σq^-½·R`); m = codes per key and kv head (head size 64, K = 256); budget B =
+`lookat-calibrate --budget B` on a rewrite with m = 16: each layer's m (2, 4, 8 or 16) chosen
+from its measured score error, the mean over layers at most B. The calibration column's
 seconds are lookat-calibrate's wall time; results.py shares collected keys between calibrations
 (`--keys-cache`), so the forward passes are paid by the first calibration of each key set.
 

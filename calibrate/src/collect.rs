@@ -18,6 +18,7 @@ use crate::kmeans::{job_seed, Rng};
 use crate::model::LookatLayer;
 
 /// Algorithm R over key vectors of `dim` floats.
+#[derive(Clone)]
 pub struct Reservoir {
     capacity: usize,
     dim: usize,
@@ -61,6 +62,16 @@ pub struct CollectOptions {
     pub reservoir: usize,
     pub seed: u64,
     pub threads: usize,
+    /// Collect the queries of every layer, not only of layers with transforms (`--budget`
+    /// weighs each layer's key errors by its queries).
+    pub all_queries: bool,
+}
+
+impl CollectOptions {
+    /// Whether the queries reading `layer`'s kv heads are collected.
+    pub fn wants_queries(&self, layer: &LookatLayer) -> bool {
+        self.all_queries || layer.transforms.is_some()
+    }
 }
 
 /// The original model pruned to some intermediate tensors, fed token windows.
@@ -307,11 +318,11 @@ impl ModelLimits {
 }
 
 /// What calibration collects from the original model: a reservoir of keys per (layer, kv head)
-/// and, for layers with key/query transforms, a reservoir of the queries that read each kv head
+/// and, for layers with key/query transforms (every layer with `--budget`), a reservoir of the queries that read each kv head
 /// (all its query heads; their second moment weights the key quantization error).
 pub struct Collected {
     pub keys: Vec<Vec<Reservoir>>,
-    /// `queries[layer]` is empty for layers without transforms.
+    /// `queries[layer]` is empty for layers whose queries were not wanted.
     pub queries: Vec<Vec<Reservoir>>,
 }
 
@@ -425,7 +436,7 @@ impl KeysCache {
         }
         for l in layers {
             h.update(l.key_tensor.as_bytes());
-            h.update([0, u8::from(l.transforms.is_some())]);
+            h.update([0, u8::from(opts.wants_queries(l))]);
             h.update(l.query_tensor.as_bytes());
             h.update((l.heads() as u64).to_le_bytes());
         }
@@ -481,10 +492,10 @@ pub fn collect_keys(
         );
     }
     ModelLimits::read(&original).check(path, tokens, opts.window)?;
-    // Probe outputs: every layer's key tensor, then the query tensors of layers with transforms.
+    // Probe outputs: every layer's key tensor, then the query tensors of the layers that want them.
     let mut names: Vec<String> = layers.iter().map(|l| l.key_tensor.clone()).collect();
     let with_queries: Vec<usize> = (0..layers.len())
-        .filter(|&l| layers[l].transforms.is_some())
+        .filter(|&l| opts.wants_queries(&layers[l]))
         .collect();
     names.extend(with_queries.iter().map(|&l| layers[l].query_tensor.clone()));
     let mut probe = Probe::from_model(env, original, path, &names, opts.threads)?;

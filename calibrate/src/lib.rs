@@ -8,6 +8,7 @@
 //! Quantization errors are measured through the op's own encoding (`PreparedCodebook`), the
 //! arithmetic that runs at inference.
 
+pub mod budget;
 pub mod collect;
 pub mod decode;
 pub mod eval;
@@ -27,9 +28,10 @@ use lookat_contract::metadata;
 use lookat_onnx::io;
 use lookat_op::kernels::PreparedCodebook;
 
-use crate::collect::{collect_keys, CollectOptions, Reservoir};
+use crate::collect::{collect_keys, CollectOptions, Collected, Reservoir};
 use crate::kmeans::{job_seed, kmeans};
 use crate::model::{lookat_layers, set_metadata, write_codebooks, LookatLayer};
+use lookat_contract::CodebookShape;
 
 pub struct CalibrateOptions {
     pub original: PathBuf,
@@ -54,6 +56,9 @@ pub struct CalibrateOptions {
     /// A directory where collected keys are kept and reused by later calibrations of the same
     /// original, tokens, window, reservoir and seed (`--keys-cache`).
     pub keys_cache: Option<PathBuf>,
+    /// Mean codes bytes per key and kv head over the layers (`--budget`): each layer's number of
+    /// subspaces chosen from its measured sensitivity, at most the rewritten model's.
+    pub budget: Option<f64>,
     /// Instead of k-means: a uniform symmetric grid per (kv head, dimension) — scalar INT8 / INT4
     /// per-channel quantization of the keys, run by the same op (needs m = D, K = 256 / 16).
     pub grid: Option<ScalarGrid>,
@@ -253,6 +258,8 @@ pub struct Summary {
     pub tokens_used: usize,
     pub corpus_sha256: String,
     pub errors: Vec<HeadError>,
+    /// With `--budget`: each layer's measured score error per candidate m.
+    pub sensitivities: Option<Vec<budget::Sensitivity>>,
 }
 
 pub fn progress_bar(quiet: bool, what: &str) -> indicatif::ProgressBar {
@@ -387,6 +394,53 @@ pub fn learn_codebooks(
     Ok(out)
 }
 
+/// `key - q(key)` for every collected key of head `h`, each key encoded the way the op encodes it.
+fn residuals(shape: CodebookShape, h: usize, book: &[f32], res: &Reservoir) -> Vec<f32> {
+    let d = shape.head_dim();
+    let prepared = PreparedCodebook::new(
+        &book[shape.head(h)],
+        shape.subspaces,
+        shape.centroids,
+        shape.sub_dim,
+    );
+    let n = res.len();
+    let mut codes = vec![0u8; n * shape.subspaces];
+    prepared.encode_keys(n, |i| &res.data[i * d..(i + 1) * d], &mut codes);
+    let mut out = Vec::with_capacity(n * d);
+    for (key, key_codes) in res
+        .data
+        .chunks_exact(d)
+        .zip(codes.chunks_exact(shape.subspaces))
+    {
+        for (j, &c) in key_codes.iter().enumerate() {
+            let x = &key[j * shape.sub_dim..(j + 1) * shape.sub_dim];
+            let centroid = &book[shape.offset(h, j, c as usize)..][..shape.sub_dim];
+            out.extend(x.iter().zip(centroid).map(|(a, b)| a - b));
+        }
+    }
+    out
+}
+
+/// Quantization error of the collected keys of `layer` (its index `l`) under its codebooks.
+fn head_errors(l: usize, layer: &LookatLayer, keys: &[Reservoir], book: &[f32]) -> Vec<HeadError> {
+    let d = layer.head_dim();
+    keys.iter()
+        .enumerate()
+        .map(|(h, res)| {
+            let e = residuals(layer.shape, h, book, res);
+            let err: f64 = e.iter().map(|&x| (x as f64).powi(2)).sum();
+            let norm: f64 = res.data.iter().map(|&x| (x as f64).powi(2)).sum();
+            HeadError {
+                layer: l,
+                head: h,
+                keys: res.len(),
+                mse: err / (res.len().max(1) * d) as f64,
+                relative: if norm > 0.0 { err / norm } else { 0.0 },
+            }
+        })
+        .collect()
+}
+
 /// Quantization error of the collected keys under the learned codebooks, each key encoded the way
 /// the op encodes it.
 pub fn key_errors(
@@ -394,42 +448,180 @@ pub fn key_errors(
     keys: &[Vec<Reservoir>],
     books: &[Vec<f32>],
 ) -> Vec<HeadError> {
-    let mut out = vec![];
+    layers
+        .iter()
+        .enumerate()
+        .flat_map(|(l, layer)| head_errors(l, layer, &keys[l], &books[l]))
+        .collect()
+}
+
+/// Expected squared score error of `layer` in logits, averaged over its kv heads: its keys'
+/// residuals against the second moment of the queries that read each head, moved by the query
+/// transform `b` when the layer has one (keys are then already transformed).
+fn layer_score_error(
+    layer: &LookatLayer,
+    keys: &[Reservoir],
+    queries: &[Reservoir],
+    book: &[f32],
+    b: Option<&[f32]>,
+) -> f64 {
+    let d = layer.head_dim();
+    let per_head: Vec<f64> = keys
+        .iter()
+        .zip(queries)
+        .enumerate()
+        .map(|(h, (k, q))| {
+            let s = moment(q, d, false);
+            let s = match b {
+                Some(b) => budget::moved_moment(&s, &b[h * d * d..(h + 1) * d * d], d),
+                None => s,
+            };
+            let e = residuals(layer.shape, h, book, k);
+            budget::mean_score_error(e.chunks_exact(d), &s, d, layer.scale)
+        })
+        .collect();
+    per_head.iter().sum::<f64>() / per_head.len().max(1) as f64
+}
+
+/// What one calibration of `layers` produces: per layer its codebooks, its key/query transforms
+/// (for layers that have them), its head errors and, when its queries were collected, its
+/// expected squared score error.
+struct Quantized {
+    books: Vec<Vec<f32>>,
+    transforms: Vec<Option<(Vec<f32>, Vec<f32>)>>,
+    errors: Vec<Vec<HeadError>>,
+    score_errors: Vec<Option<f64>>,
+}
+
+/// Chooses the transforms, learns the codebooks and measures them, for `layers` as they are
+/// shaped (`keys` are consumed: layers with transforms are quantized in the transformed space).
+fn quantize(
+    layers: &[LookatLayer],
+    mut keys: Vec<Vec<Reservoir>>,
+    queries: &[Vec<Reservoir>],
+    opts: &CalibrateOptions,
+    pool: &rayon::ThreadPool,
+) -> Result<Quantized> {
+    let mut transforms = vec![];
     for (l, layer) in layers.iter().enumerate() {
-        let shape = layer.shape;
-        let d = shape.head_dim();
-        for (h, res) in keys[l].iter().enumerate() {
-            let book = &books[l][shape.head(h)];
-            let prepared =
-                PreparedCodebook::new(book, shape.subspaces, shape.centroids, shape.sub_dim);
-            let n = res.len();
-            let mut codes = vec![0u8; n * shape.subspaces];
-            prepared.encode_keys(n, |i| &res.data[i * d..(i + 1) * d], &mut codes);
-            let (mut err, mut norm) = (0f64, 0f64);
-            for (key, key_codes) in res
-                .data
-                .chunks_exact(d)
-                .zip(codes.chunks_exact(shape.subspaces))
-            {
-                for (j, &c) in key_codes.iter().enumerate() {
-                    let x = &key[j * shape.sub_dim..(j + 1) * shape.sub_dim];
-                    let centroid = &books[l][shape.offset(h, j, c as usize)..][..shape.sub_dim];
-                    for (a, b) in x.iter().zip(centroid) {
-                        err += (*a as f64 - *b as f64).powi(2);
-                        norm += (*a as f64).powi(2);
-                    }
-                }
-            }
-            out.push(HeadError {
-                layer: l,
-                head: h,
-                keys: n,
-                mse: err / (n.max(1) * d) as f64,
-                relative: if norm > 0.0 { err / norm } else { 0.0 },
-            });
-        }
+        transforms.push(layer.transforms.as_ref().map(|_| {
+            let (a, b) = choose_transforms(layer, &keys[l], &queries[l], opts.transform);
+            transform_keys(&mut keys[l], &a, layer.head_dim());
+            (a, b)
+        }));
     }
-    out
+    let bar = progress_bar(opts.quiet, "k-means");
+    let books = match opts.grid {
+        Some(grid) => grid_codebooks(layers, &keys, grid)?,
+        None => pool.install(|| learn_codebooks(layers, &keys, opts.iters, opts.seed, &bar))?,
+    };
+    bar.finish_and_clear();
+    let measured: Vec<(Vec<HeadError>, Option<f64>)> = pool.install(|| {
+        layers
+            .par_iter()
+            .enumerate()
+            .map(|(l, layer)| {
+                let score = (!queries[l].is_empty()).then(|| {
+                    let b = transforms[l].as_ref().map(|(_, b)| b.as_slice());
+                    layer_score_error(layer, &keys[l], &queries[l], &books[l], b)
+                });
+                (head_errors(l, layer, &keys[l], &books[l]), score)
+            })
+            .collect()
+    });
+    let (errors, score_errors) = measured.into_iter().unzip();
+    Ok(Quantized {
+        books,
+        transforms,
+        errors,
+        score_errors,
+    })
+}
+
+/// Fails before any work when `--budget` cannot be met or does not apply.
+fn check_budget(layers: &[LookatLayer], opts: &CalibrateOptions) -> Result<()> {
+    let Some(bytes) = opts.budget else {
+        return Ok(());
+    };
+    if opts.grid.is_some() {
+        bail!("--budget chooses the number of subspaces of k-means codebooks; it does not apply to --grid");
+    }
+    let max_m = layers[0].shape.subspaces;
+    if let Some(l) = layers.iter().find(|l| l.shape.subspaces != max_m) {
+        bail!(
+            "--budget needs one number of subspaces in every layer of the rewritten model (the \
+             rewrite's --subspaces, the most a layer may get): node '{}' has {}, node '{}' {max_m}",
+            l.node,
+            l.shape.subspaces,
+            layers[0].node
+        );
+    }
+    let smallest = budget::candidates(max_m)[0];
+    if !bytes.is_finite() || bytes < smallest as f64 {
+        bail!(
+            "--budget {bytes} is below {smallest} B/key/head, the fewest subspaces a layer can have \
+             with this rewrite (--subspaces {max_m}, halved up to three times)"
+        );
+    }
+    Ok(())
+}
+
+/// `--budget`: every layer calibrated at each candidate m, then each layer's m allocated from its
+/// measured score errors (module `budget`). Returns the layers reshaped to their m and the
+/// calibration of each at its m, with the sensitivities measured.
+fn quantize_under_budget(
+    layers: &[LookatLayer],
+    mut collected: Collected,
+    budget_bytes: f64,
+    opts: &CalibrateOptions,
+    pool: &rayon::ThreadPool,
+) -> Result<(Vec<LookatLayer>, Quantized, Vec<budget::Sensitivity>)> {
+    let ms = budget::candidates(layers[0].shape.subspaces);
+    let mut runs = vec![];
+    for (i, &m) in ms.iter().enumerate() {
+        let shaped: Vec<LookatLayer> = layers
+            .iter()
+            .map(|l| LookatLayer {
+                shape: budget::with_subspaces(l.shape, m).expect("a divisor of m divides D"),
+                ..l.clone()
+            })
+            .collect();
+        // The last candidate takes the collected keys; the others quantize a copy.
+        let keys = if i + 1 == ms.len() {
+            std::mem::take(&mut collected.keys)
+        } else {
+            collected.keys.clone()
+        };
+        let q = quantize(&shaped, keys, &collected.queries, opts, pool)?;
+        runs.push((shaped, q));
+    }
+    let sensitivities: Vec<budget::Sensitivity> = (0..layers.len())
+        .map(|l| budget::Sensitivity {
+            kv_heads: layers[l].heads(),
+            errors: ms
+                .iter()
+                .zip(&runs)
+                .map(|(&m, (_, q))| (m, q.score_errors[l].unwrap_or(f64::INFINITY)))
+                .collect(),
+        })
+        .collect();
+    let chosen = budget::allocate(&sensitivities, budget_bytes)?;
+    let mut out_layers = vec![];
+    let mut out = Quantized {
+        books: vec![],
+        transforms: vec![],
+        errors: vec![],
+        score_errors: vec![],
+    };
+    for (l, m) in chosen.into_iter().enumerate() {
+        let (shaped, q) = &mut runs[ms.iter().position(|&c| c == m).expect("a candidate")];
+        out_layers.push(shaped[l].clone());
+        out.books.push(std::mem::take(&mut q.books[l]));
+        out.transforms.push(q.transforms[l].take());
+        out.errors.push(std::mem::take(&mut q.errors[l]));
+        out.score_errors.push(q.score_errors[l]);
+    }
+    Ok((out_layers, out, sensitivities))
 }
 
 pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
@@ -441,6 +633,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
     let layers = lookat_layers(&model)?;
     let original = io::load(&opts.original)?;
     collect::check_original(&original, &opts.original, &layers)?;
+    check_budget(&layers, opts)?;
     let (tokens, corpus_sha256, tokenizer_name) = calibration_tokens(opts)?;
 
     let env = runtime::init(opts.ort_lib.as_deref())?;
@@ -451,6 +644,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
         reservoir: opts.reservoir,
         seed: opts.seed,
         threads: opts.threads,
+        all_queries: opts.budget.is_some(),
     };
     let cache = match &opts.keys_cache {
         Some(dir) => Some(collect::KeysCache::new(
@@ -483,35 +677,46 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
     bar.finish_and_clear();
     let tokens_used = (tokens.len() / opts.window) * opts.window;
 
-    // Layers with transforms: choose them, then quantize the keys in the transformed space.
-    let mut keys = collected.keys;
-    let mut transforms = vec![];
-    for (l, layer) in layers.iter().enumerate() {
-        if let Some((key_name, query_name)) = &layer.transforms {
-            let (a, b) = choose_transforms(layer, &keys[l], &collected.queries[l], opts.transform);
-            transform_keys(&mut keys[l], &a, layer.head_dim());
-            transforms.push((key_name.clone(), a, query_name.clone(), b));
-        }
-    }
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads.max(1))
         .build()?;
-    let bar = progress_bar(opts.quiet, "k-means");
-    let books = match opts.grid {
-        Some(grid) => grid_codebooks(&layers, &keys, grid)?,
-        None => pool.install(|| learn_codebooks(&layers, &keys, opts.iters, opts.seed, &bar))?,
+    let (layers, quantized, sensitivities) = match opts.budget {
+        Some(bytes) => {
+            let (layers, q, s) = quantize_under_budget(&layers, collected, bytes, opts, &pool)?;
+            (layers, q, Some(s))
+        }
+        None => {
+            let q = quantize(&layers, collected.keys, &collected.queries, opts, &pool)?;
+            (layers, q, None)
+        }
     };
-    bar.finish_and_clear();
-    let errors = key_errors(&layers, &keys, &books);
 
-    write_codebooks(&mut model, &layers, &books)?;
-    for (key_name, a, query_name, b) in &transforms {
-        model::write_floats(&mut model, key_name, a)?;
-        model::write_floats(&mut model, query_name, b)?;
+    for layer in &layers {
+        model::set_subspaces(&mut model, layer)?;
     }
+    write_codebooks(&mut model, &layers, &quantized.books)?;
+    for (layer, t) in layers.iter().zip(&quantized.transforms) {
+        if let (Some((key_name, query_name)), Some((a, b))) = (&layer.transforms, t) {
+            model::write_floats(&mut model, key_name, a)?;
+            model::write_floats(&mut model, query_name, b)?;
+        }
+    }
+    let has_transforms = quantized.transforms.iter().any(Option::is_some);
     let first = &layers[0];
+    let subspaces: Vec<String> = layers
+        .iter()
+        .map(|l| l.shape.subspaces.to_string())
+        .collect();
+    let uniform = subspaces.iter().all(|m| *m == subspaces[0]);
     for (k, v) in [
-        (metadata::SUBSPACES, first.shape.subspaces.to_string()),
+        (
+            metadata::SUBSPACES,
+            if uniform {
+                subspaces[0].clone()
+            } else {
+                subspaces.join(",")
+            },
+        ),
         (metadata::CENTROIDS, first.shape.centroids.to_string()),
         (metadata::SEED, opts.seed.to_string()),
         (metadata::TOKENS, tokens_used.to_string()),
@@ -522,7 +727,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
         (metadata::TOKENIZER, tokenizer_name),
         (
             metadata::TRANSFORM,
-            if transforms.is_empty() {
+            if !has_transforms {
                 "none".to_string()
             } else {
                 opts.transform.name().to_string()
@@ -545,6 +750,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
         layers,
         tokens_used,
         corpus_sha256,
-        errors,
+        errors: quantized.errors.into_iter().flatten().collect(),
+        sensitivities,
     })
 }

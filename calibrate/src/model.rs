@@ -1,7 +1,7 @@
 //! The LookatAttention nodes of a rewritten model, and writing calibrated codebooks into it.
 
 use anyhow::{bail, Context, Result};
-use lookat_contract::{attr, input, CodebookShape, DOMAIN, OP_NAME};
+use lookat_contract::{attr, input, output, CodebookShape, DOMAIN, OP_NAME};
 use onnx_protobuf::{tensor_proto::DataType, ModelProto};
 
 pub use lookat_onnx::build::set_metadata;
@@ -25,6 +25,10 @@ pub struct LookatLayer {
     pub window: usize,
     /// The (key, query) transform initializers, when the node has them.
     pub transforms: Option<(String, String)>,
+    /// The softmax scale (attribute `scale`, else 1/√D): score errors are measured in logits.
+    pub scale: f64,
+    /// The node's key-codes cache input and output, when it has a cache: their last dimension is m.
+    pub codes_io: Vec<String>,
 }
 
 impl LookatLayer {
@@ -109,8 +113,24 @@ pub fn lookat_layers(model: &ModelProto) -> Result<Vec<LookatLayer>> {
                 n.name
             );
         }
+        let scale = n
+            .attribute
+            .iter()
+            .find(|a| a.name == attr::SCALE && a.f > 0.0)
+            .map_or(1.0 / (shape.head_dim() as f64).sqrt(), |a| a.f as f64);
+        let codes_io = [
+            n.input.get(input::PAST_KEY_CODES),
+            n.output.get(output::PRESENT_KEY_CODES),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|t| !t.is_empty())
+        .cloned()
+        .collect();
         layers.push(LookatLayer {
             node: n.name.clone(),
+            scale,
+            codes_io,
             query_tensor: query,
             key_tensor: key,
             value_tensor: value,
@@ -157,6 +177,40 @@ pub fn write_floats(model: &mut ModelProto, name: &str, values: &[f32]) -> Resul
     t.data_type = DataType::FLOAT as i32;
     t.float_data.clear();
     t.raw_data = values.iter().flat_map(|x| x.to_le_bytes()).collect();
+    Ok(())
+}
+
+/// Gives `layer`'s codebooks initializer the shape of `layer.shape` and its key-codes cache
+/// tensors (graph inputs, outputs, value infos) the last dimension `m`: how a layer gets another
+/// number of subspaces than the rewrite gave it (`--budget`). The op reads m from the codebooks.
+pub fn set_subspaces(model: &mut ModelProto, layer: &LookatLayer) -> Result<()> {
+    let graph = model.graph.as_mut().context("graph")?;
+    let s = layer.shape;
+    let t = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.name == layer.codebooks)
+        .with_context(|| format!("initializer '{}' disappeared", layer.codebooks))?;
+    t.dims = [s.heads, s.subspaces, s.centroids, s.sub_dim]
+        .iter()
+        .map(|&d| d as i64)
+        .collect();
+    for info in graph
+        .input
+        .iter_mut()
+        .chain(graph.output.iter_mut())
+        .chain(graph.value_info.iter_mut())
+        .filter(|v| layer.codes_io.contains(&v.name))
+    {
+        let last = lookat_onnx::build::tensor_type_mut(info)
+            .and_then(|t| t.shape.as_mut())
+            .and_then(|shape| shape.dim.last_mut());
+        if let Some(last) = last {
+            last.value = Some(
+                onnx_protobuf::tensor_shape_proto::dimension::Value::DimValue(s.subspaces as i64),
+            );
+        }
+    }
     Ok(())
 }
 

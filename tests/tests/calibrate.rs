@@ -21,6 +21,10 @@ fn require(path: PathBuf, what: &str) -> PathBuf {
 const FIXTURE: &str = "models/fixtures/trained/dyn18-eager-kv.onnx";
 
 fn rewritten(dir: &Path) -> PathBuf {
+    rewritten_with(dir, false)
+}
+
+fn rewritten_with(dir: &Path, transforms: bool) -> PathBuf {
     let original = require(root().join(FIXTURE), "fixture");
     let mut model = lookat_onnx::io::load(&original).unwrap();
     let opts = lookat_rewrite::Options {
@@ -29,10 +33,14 @@ fn rewritten(dir: &Path) -> PathBuf {
         value_dtype: lookat_rewrite::ValueDtype::F32,
         sinks: 0,
         window: 0,
-        transforms: false,
+        transforms,
     };
     lookat_rewrite::rewrite(&mut model, &opts).unwrap();
-    let out = dir.join("rewritten.onnx");
+    let out = dir.join(if transforms {
+        "rewritten-t.onnx"
+    } else {
+        "rewritten.onnx"
+    });
     lookat_onnx::io::save(&model, original.parent().unwrap(), &out).unwrap();
     out
 }
@@ -63,6 +71,7 @@ fn options(rewritten: &Path, output: PathBuf, threads: usize) -> CalibrateOption
         ort_lib: Some(ort_library()),
         transform: lookat_calibrate::TransformKind::Fsa,
         grid: None,
+        budget: None,
         keys_cache: None,
     }
 }
@@ -328,5 +337,124 @@ fn keys_cache_reuses_collection_and_changes_nothing() {
     o.tokens = 2000;
     calibrate(&o).unwrap();
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The last dimension of each LookatAttention node's key-codes cache input and output, as the
+/// graph declares them, and the m of its codebooks initializer.
+fn declared_subspaces(path: &Path) -> Vec<(i64, Vec<i64>)> {
+    use onnx_protobuf::tensor_shape_proto::dimension::Value;
+    let model = lookat_onnx::io::load(path).unwrap();
+    let g = model.graph.as_ref().unwrap();
+    g.node
+        .iter()
+        .filter(|n| n.domain == lookat_contract::DOMAIN)
+        .map(|n| {
+            let books = &n.input[lookat_contract::input::CODEBOOKS];
+            let m = g
+                .initializer
+                .iter()
+                .find(|t| &t.name == books)
+                .unwrap()
+                .dims[1];
+            let io = [
+                &n.input[lookat_contract::input::PAST_KEY_CODES],
+                &n.output[lookat_contract::output::PRESENT_KEY_CODES],
+            ];
+            let dims = g
+                .input
+                .iter()
+                .chain(&g.output)
+                .filter(|v| io.contains(&&v.name))
+                .map(|v| {
+                    let t = lookat_onnx::build::tensor_type(v).unwrap();
+                    match t.shape.dim.last().unwrap().value {
+                        Some(Value::DimValue(d)) => d,
+                        ref other => panic!("'{}': last dim {other:?}", v.name),
+                    }
+                })
+                .collect();
+            (m, dims)
+        })
+        .collect()
+}
+
+/// --budget: each layer gets its own m (the graph's codebooks and key-codes cache I/O reshaped
+/// to it), the mean stays within the budget, the calibrated model decodes in onnxruntime; the
+/// rewrite's own m as the budget gives the codebooks of a calibration without one; a budget
+/// below the smallest candidate fails before any work.
+#[test]
+fn budget_chooses_m_per_layer() {
+    let dir = std::env::temp_dir().join(format!("lookat-calibrate-budget-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let env = runtime::init(Some(&ort_library())).unwrap();
+    let plugin = plugin_library();
+    for transforms in [false, true] {
+        let rw = rewritten_with(&dir, transforms);
+        let out = dir.join("budget.onnx");
+        let mut o = options(&rw, out.clone(), 2);
+        o.budget = Some(2.5);
+        let summary = calibrate(&o).unwrap();
+        let sens = summary.sensitivities.as_ref().unwrap();
+        assert_eq!(sens.len(), 2);
+        for s in sens {
+            assert_eq!(s.errors.iter().map(|e| e.0).collect::<Vec<_>>(), [1, 2, 4]);
+            // More subspaces, smaller score error.
+            assert!(s.errors[2].1 < s.errors[0].1, "{s:?}");
+        }
+        let declared = declared_subspaces(&out);
+        let ms: Vec<i64> = declared.iter().map(|(m, _)| *m).collect();
+        assert!(ms.iter().sum::<i64>() as f64 / 2.0 <= 2.5, "{ms:?}");
+        for (m, io) in &declared {
+            assert_eq!(
+                io,
+                &vec![*m, *m],
+                "codes cache I/O must follow the codebooks' m"
+            );
+        }
+        let summary_ms: Vec<i64> = summary
+            .layers
+            .iter()
+            .map(|l| l.shape.subspaces as i64)
+            .collect();
+        assert_eq!(summary_ms, ms);
+        let model = lookat_onnx::io::load(&out).unwrap();
+        let meta: std::collections::HashMap<_, _> = model
+            .metadata_props
+            .iter()
+            .map(|p| (p.key.as_str(), p.value.as_str()))
+            .collect();
+        let want = if ms[0] == ms[1] {
+            ms[0].to_string()
+        } else {
+            format!("{},{}", ms[0], ms[1])
+        };
+        assert_eq!(meta[metadata::SUBSPACES], want);
+        let mut dec = Decoder::new(runtime::session(env, &out, Some(&plugin), 1).unwrap()).unwrap();
+        let logits = dec.step(&[464, 11361, 28846]).unwrap();
+        assert!(logits.iter().flatten().all(|x| x.is_finite()));
+        assert!(dec.step(&[13]).unwrap()[0].iter().all(|x| x.is_finite()));
+    }
+
+    // The whole budget: every layer at the rewrite's m, codebooks as without --budget.
+    let rw = rewritten(&dir);
+    let (plain, full) = (dir.join("plain.onnx"), dir.join("full.onnx"));
+    calibrate(&options(&rw, plain.clone(), 2)).unwrap();
+    let mut o = options(&rw, full.clone(), 2);
+    o.budget = Some(4.0);
+    calibrate(&o).unwrap();
+    assert_eq!(codebook_bytes(&full), codebook_bytes(&plain));
+
+    // Too small a budget: named, before the calibration text is read.
+    let mut o = options(&rw, dir.join("never.onnx"), 1);
+    o.budget = Some(0.5);
+    o.texts = vec![dir.join("no-such-text.txt")];
+    let err = format!("{:#}", calibrate(&o).unwrap_err());
+    assert!(
+        err.contains("--budget 0.5")
+            && err.contains("1 B/key/head")
+            && !err.contains("no-such-text"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

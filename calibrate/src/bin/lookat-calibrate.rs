@@ -63,6 +63,11 @@ struct Cli {
     /// 16): the baselines, run by the same op.
     #[arg(long, value_enum)]
     grid: Option<ScalarGrid>,
+    /// Mean bytes of codes per key and kv head over the layers: each layer gets the number of
+    /// subspaces (the rewrite's --subspaces, halved up to three times) that minimises the summed
+    /// measured score error within the budget. Calibrates every candidate.
+    #[arg(long, value_name = "BYTES")]
+    budget: Option<f64>,
     /// Keep the collected keys in this directory and reuse them when the original, tokens,
     /// window, reservoir and seed are the same (sweeps over m, K or transforms then share one
     /// set of forward passes; the codebooks are identical to an uncached run).
@@ -97,6 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ort_lib: cli.ort_lib,
         transform: cli.transform,
         grid: cli.grid,
+        budget: cli.budget,
         keys_cache: cli.keys_cache,
     };
     let summary = calibrate(&opts)?;
@@ -117,6 +123,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "{:>5} {:>4} {:>7} {:>11.3e} {:>9.4}",
                 e.layer, e.head, e.keys, e.mse, e.relative
+            );
+        }
+        if let Some(sens) = &summary.sensitivities {
+            println!(
+                "--budget: expected squared score error (logits²) per layer and m; * = chosen"
+            );
+            for (l, (s, layer)) in sens.iter().zip(&summary.layers).enumerate() {
+                let cells: Vec<String> = s
+                    .errors
+                    .iter()
+                    .map(|&(m, e)| {
+                        let mark = if m == layer.shape.subspaces { "*" } else { " " };
+                        format!("m={m:<2} {e:>10.3e}{mark}")
+                    })
+                    .collect();
+                println!("{l:>5}  {}", cells.join("  "));
+            }
+            let heads: usize = summary.layers.iter().map(|l| l.heads()).sum();
+            let spent: usize = summary
+                .layers
+                .iter()
+                .map(|l| l.heads() * l.shape.subspaces)
+                .sum();
+            println!(
+                "  mean codes per key and kv head: {:.2} B (budget {})",
+                spent as f64 / heads as f64,
+                cli.budget.unwrap_or_default()
             );
         }
         let bytes: Vec<CacheBytes> = summary.layers.iter().map(|l| l.cache_bytes(4)).collect();

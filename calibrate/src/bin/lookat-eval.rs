@@ -122,6 +122,7 @@ fn run(cli: &Cli) -> Result<()> {
             reservoir: cli.reservoir,
             seed: cli.seed,
             threads: cli.threads,
+            all_queries: false,
         },
         &bar,
     )?;
