@@ -33,11 +33,10 @@ import sys
 import time
 
 import numpy as np
-import onnx
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import attention_patterns  # noqa: E402
+import check_smollm2  # noqa: E402
 import export  # noqa: E402
 import export_llama  # noqa: E402
 import make_fixtures  # noqa: E402
@@ -187,36 +186,11 @@ def torch_reference(model, ids):
             "positions": position_summary(logits), "greedy_ids": gen}
 
 
-def onnx_greedy(sess, ids, n, kv, n_layer, n_kv, head):
-    """Greedy decoding in onnxruntime: prefill + one token per step with the cache, or full reruns without."""
-    names = [o.name for o in sess.get_outputs()]
-    seq = list(ids)
-    past = {f"past_key_values.{i}.{kind}": np.zeros((1, n_kv, 0, head), np.float32)
-            for i in range(n_layer) for kind in ("key", "value")} if kv else {}
-    feed_ids, p, first_logits, out = list(ids), 0, None, []
-    for _ in range(n):
-        x = np.array([feed_ids if kv else seq], np.int64)
-        s = x.shape[1]
-        feeds = {"input_ids": x, "attention_mask": np.ones((1, p + s), np.int64),
-                 "position_ids": np.arange(p, p + s, dtype=np.int64)[None]}
-        feeds.update(past)
-        res = dict(zip(names, sess.run(None, feeds)))
-        if first_logits is None:
-            first_logits = res["logits"][0]
-        nxt = int(res["logits"][0, -1].argmax())
-        out.append(nxt)
-        seq.append(nxt)
-        if kv:
-            past = {k.replace("present.", "past_key_values."): v for k, v in res.items() if k.startswith("present.")}
-            p += s
-            feed_ids = [nxt]
-    return first_logits, out
-
-
-def check_reference(path, ref, kv, cfg):
+def check_reference(path, ref):
+    """Greedy decoding in onnxruntime (check_smollm2.greedy: prefill + one token per step with the cache, or full
+    reruns without) against the PyTorch reference."""
     sess = export.ort_session(path)
-    n_layer, n_kv, head = export.dims(cfg)
-    logits, greedy = onnx_greedy(sess, ref["prompt_ids"], NEW_TOKENS, kv, n_layer, n_kv, head)
+    logits, greedy = check_smollm2.greedy(sess, ref["prompt_ids"], NEW_TOKENS)
     last = logits[-1]
     top = [int(i) for i in np.argsort(-last, kind="stable")[:TOP_K]]
     d_top = float(max(abs(float(last[i]) - v) for i, v in zip(ref["top_ids"], ref["top_logits"])))
@@ -385,7 +359,7 @@ def main():
         fh.write("\n")
     log(f"reference: greedy {ref['greedy_text']!r}")
     for e in entries:
-        e["reference_check"] = check_reference(os.path.join(ROOT, e["path"]), ref, e["kv_cache"], cfg_model.config)
+        e["reference_check"] = check_reference(os.path.join(ROOT, e["path"]), ref)
         log(f"{e['variant']}: reference {json.dumps(e['reference_check'])}")
 
     # 7. perplexity (measured by --perplexity)
