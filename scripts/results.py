@@ -254,7 +254,7 @@ def smollm2_rows(quick):
         ("PQ m=8 + fsa + window 128", dict(m=8, transform="fsa", sinks=4, window=128)),
         ("PQ m=16 + fsa + window, f16 cache", dict(m=16, transform="fsa", value_dtype="f16", **w)),
         # lookat-calibrate --budget: each layer's m (2, 4, 8 or 16) from its measured score error.
-        ("PQ budget 12 + fsa + window", dict(m=16, transform="fsa", budget=12, **w)),
+        ("PQ budget 12 + fsa + window, f16 cache", dict(m=16, transform="fsa", budget=12, value_dtype="f16", **w)),
     ]
     if not quick:
         plan += [("PQ m=16 + fsa + window, 64k calib", dict(m=16, transform="fsa", tokens=65536, **w))]

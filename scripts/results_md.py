@@ -128,9 +128,11 @@ def reading():
     pair("float16 instead of float32 values and key window", "PQ m=16 + fsa + window", "PQ m=16 + fsa + window, f16 cache")
     pair("Same bytes spent on codes instead of a longer window", "PQ m=8 + fsa + window 128", "PQ m=16 + fsa + window")
     pair("Against scalar INT4 keys with the same window", "INT4 per-channel + window", "PQ m=16 + fsa + window, f16 cache")
-    pair("A byte budget between m = 8 and m = 16 (`--budget 12`: each layer's m from its measured score error) "
-         "instead of m = 8 everywhere", "PQ m=8 + fsa + window", "PQ budget 12 + fsa + window")
-    pair("m = 16 everywhere instead of `--budget 12`", "PQ budget 12 + fsa + window", "PQ m=16 + fsa + window")
+    pair("A byte budget (`--budget 12`: each layer's m, 8 or 16, from its measured score error; f16 key window) "
+         "instead of m = 8 everywhere (f32 key window), at about the same bytes",
+         "PQ m=8 + fsa + window", "PQ budget 12 + fsa + window, f16 cache")
+    pair("m = 16 everywhere instead of `--budget 12` (f16 cache both)", "PQ budget 12 + fsa + window, f16 cache",
+         "PQ m=16 + fsa + window, f16 cache")
     for r in smol:
         if r.get("budget"):
             ms = r["layer_subspaces"]

@@ -494,11 +494,13 @@ struct Quantized {
 }
 
 /// Chooses the transforms, learns the codebooks and measures them, for `layers` as they are
-/// shaped (`keys` are consumed: layers with transforms are quantized in the transformed space).
+/// shaped (`keys` are consumed: layers with transforms are quantized in the transformed space);
+/// `scores`: also each layer's score error (needs its queries).
 fn quantize(
     layers: &[LookatLayer],
     mut keys: Vec<Vec<Reservoir>>,
     queries: &[Vec<Reservoir>],
+    scores: bool,
     opts: &CalibrateOptions,
     pool: &rayon::ThreadPool,
 ) -> Result<Quantized> {
@@ -521,7 +523,7 @@ fn quantize(
             .par_iter()
             .enumerate()
             .map(|(l, layer)| {
-                let score = (!queries[l].is_empty()).then(|| {
+                let score = (scores && !queries[l].is_empty()).then(|| {
                     let b = transforms[l].as_ref().map(|(_, b)| b.as_slice());
                     layer_score_error(layer, &keys[l], &queries[l], &books[l], b)
                 });
@@ -592,7 +594,7 @@ fn quantize_under_budget(
         } else {
             collected.keys.clone()
         };
-        let q = quantize(&shaped, keys, &collected.queries, opts, pool)?;
+        let q = quantize(&shaped, keys, &collected.queries, true, opts, pool)?;
         runs.push((shaped, q));
     }
     let sensitivities: Vec<budget::Sensitivity> = (0..layers.len())
@@ -686,7 +688,14 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
             (layers, q, Some(s))
         }
         None => {
-            let q = quantize(&layers, collected.keys, &collected.queries, opts, &pool)?;
+            let q = quantize(
+                &layers,
+                collected.keys,
+                &collected.queries,
+                false,
+                opts,
+                &pool,
+            )?;
             (layers, q, None)
         }
     };
