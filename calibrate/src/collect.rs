@@ -318,8 +318,9 @@ impl ModelLimits {
 }
 
 /// What calibration collects from the original model: a reservoir of keys per (layer, kv head)
-/// and, for layers with key/query transforms (every layer with `--budget`), a reservoir of the queries that read each kv head
-/// (all its query heads; their second moment weights the key quantization error).
+/// and, for layers with key/query transforms (every layer with `--budget`), a reservoir of the
+/// queries that read each kv head (all its query heads; their second moment weights the key
+/// quantization error).
 pub struct Collected {
     pub keys: Vec<Vec<Reservoir>>,
     /// `queries[layer]` is empty for layers whose queries were not wanted.

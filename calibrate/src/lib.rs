@@ -581,13 +581,14 @@ fn quantize_under_budget(
     let ms = budget::candidates(layers[0].shape.subspaces);
     let mut runs = vec![];
     for (i, &m) in ms.iter().enumerate() {
-        let shaped: Vec<LookatLayer> = layers
+        let shaped = layers
             .iter()
-            .map(|l| LookatLayer {
-                shape: budget::with_subspaces(l.shape, m).expect("a divisor of m divides D"),
-                ..l.clone()
+            .map(|l| {
+                let shape = budget::with_subspaces(l.shape, m)
+                    .with_context(|| format!("node '{}': {m} subspaces do not fit", l.node))?;
+                Ok(LookatLayer { shape, ..l.clone() })
             })
-            .collect();
+            .collect::<Result<Vec<LookatLayer>>>()?;
         // The last candidate takes the collected keys; the others quantize a copy.
         let keys = if i + 1 == ms.len() {
             std::mem::take(&mut collected.keys)
@@ -616,7 +617,11 @@ fn quantize_under_budget(
         score_errors: vec![],
     };
     for (l, m) in chosen.into_iter().enumerate() {
-        let (shaped, q) = &mut runs[ms.iter().position(|&c| c == m).expect("a candidate")];
+        let (shaped, q) = ms
+            .iter()
+            .position(|&c| c == m)
+            .and_then(|i| runs.get_mut(i))
+            .context("the allocation chose a number of subspaces that was not calibrated")?;
         out_layers.push(shaped[l].clone());
         out.books.push(std::mem::take(&mut q.books[l]));
         out.transforms.push(q.transforms[l].take());
@@ -700,8 +705,10 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
         }
     };
 
-    for layer in &layers {
-        model::set_subspaces(&mut model, layer)?;
+    if sensitivities.is_some() {
+        for layer in &layers {
+            model::set_subspaces(&mut model, layer)?;
+        }
     }
     write_codebooks(&mut model, &layers, &quantized.books)?;
     for (layer, t) in layers.iter().zip(&quantized.transforms) {
