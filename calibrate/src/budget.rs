@@ -141,6 +141,25 @@ mod tests {
         }
     }
 
+    /// `n` layers of 1 to 3 kv heads whose errors fall with m, sometimes not at all.
+    fn random_layers(rng: &mut Rng, n: usize) -> Vec<Sensitivity> {
+        (0..n)
+            .map(|_| {
+                let kv = 1 + (rng.unit() * 3.0) as usize;
+                let mut e = 1.0 + 10.0 * rng.unit();
+                let errors: Vec<(usize, f64)> = [2usize, 4, 8, 16]
+                    .iter()
+                    .map(|&m| {
+                        let here = (m, e);
+                        e *= if rng.unit() < 0.2 { 1.0 } else { rng.unit() };
+                        here
+                    })
+                    .collect();
+                sens(kv, &errors)
+            })
+            .collect()
+    }
+
     #[test]
     fn candidates_halve_the_rewritten_m() {
         assert_eq!(candidates(16), vec![2, 4, 8, 16]);
@@ -178,21 +197,7 @@ mod tests {
     fn allocation_is_the_exhaustive_optimum() {
         let mut rng = Rng::new(11);
         for case in 0..300 {
-            let layers: Vec<Sensitivity> = (0..1 + case % 5)
-                .map(|_| {
-                    let kv = 1 + (rng.unit() * 3.0) as usize;
-                    let mut e = 1.0 + 10.0 * rng.unit();
-                    let errors = [2usize, 4, 8, 16]
-                        .iter()
-                        .map(|&m| {
-                            let here = (m, e);
-                            e *= rng.unit();
-                            here
-                        })
-                        .collect::<Vec<_>>();
-                    sens(kv, &errors)
-                })
-                .collect();
+            let layers = random_layers(&mut rng, 1 + case % 5);
             let budget = 2.0 + 14.0 * rng.unit();
             let weight: usize = layers.iter().map(|l| l.kv_heads).sum();
             // Every combination of candidates.
@@ -227,22 +232,7 @@ mod tests {
     fn allocation_respects_the_budget_and_never_takes_a_useless_step() {
         let mut rng = Rng::new(7);
         for case in 0..200 {
-            let layers: Vec<Sensitivity> = (0..1 + case % 6)
-                .map(|_| {
-                    let mut e = 1.0 + 10.0 * rng.unit();
-                    let kv = 1 + (rng.unit() * 3.0) as usize;
-                    let errors = [2usize, 4, 8, 16]
-                        .iter()
-                        .map(|&m| {
-                            let here = (m, e);
-                            // Sometimes a larger m does not help at all.
-                            e *= if rng.unit() < 0.2 { 1.0 } else { rng.unit() };
-                            here
-                        })
-                        .collect::<Vec<_>>();
-                    sens(kv, &errors)
-                })
-                .collect();
+            let layers = random_layers(&mut rng, 1 + case % 6);
             let budget = 2.0 + 14.0 * rng.unit();
             let ms = allocate(&layers, budget).unwrap();
             let weight: usize = layers.iter().map(|l| l.kv_heads).sum();
