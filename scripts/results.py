@@ -32,7 +32,7 @@ import onnxruntime as ort
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "python"))
-from lookat_testlib import CONTRACT, plugin_path, tool  # noqa: E402
+from lookat_testlib import CONTRACT, plugin_path, tokenize, tool  # noqa: E402
 
 BIN = ROOT / "target" / "release"
 CALIB = [ROOT / f"models/text/calib/{d}.txt" for d in ("prose", "code", "technical")]
@@ -49,11 +49,6 @@ def run(args):
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, args))} failed:\n{proc.stderr}")
     return proc.stdout
-
-
-def tokenize(files, tokenizer=None):
-    args = [tool("lookat-tokenize"), *files] + (["--tokenizer", tokenizer] if tokenizer else [])
-    return [np.array(line.split(), np.int64) for line in run(args).splitlines()]
 
 
 def session(path, plugin):

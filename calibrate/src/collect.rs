@@ -411,7 +411,6 @@ pub struct KeysCache {
 }
 
 impl KeysCache {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         dir: &Path,
         original: &Path,

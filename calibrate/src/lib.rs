@@ -18,6 +18,7 @@ pub mod model;
 pub mod runtime;
 pub mod tokenizer;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -28,7 +29,7 @@ use lookat_contract::metadata;
 use lookat_onnx::io;
 use lookat_op::kernels::PreparedCodebook;
 
-use crate::collect::{collect_keys, CollectOptions, Collected, Reservoir};
+use crate::collect::{collect_keys, CollectOptions, Reservoir};
 use crate::kmeans::{job_seed, kmeans};
 use crate::model::{lookat_layers, set_metadata, write_codebooks, LookatLayer};
 use lookat_contract::CodebookShape;
@@ -182,12 +183,12 @@ fn moment(r: &Reservoir, d: usize, centered: bool) -> Vec<f64> {
     out
 }
 
-/// The key and query transforms `[H_kv, D, D]` of one layer, from its collected keys and queries;
-/// `B·Aᵀ = I` by construction.
+/// The key and query transforms `[H_kv, D, D]` of one layer, from its collected keys and the
+/// second moments of its queries per kv head; `B·Aᵀ = I` by construction.
 pub fn choose_transforms(
     layer: &LookatLayer,
     keys: &[Reservoir],
-    queries: &[Reservoir],
+    query_moments: &[Vec<f64>],
     kind: TransformKind,
 ) -> (Vec<f32>, Vec<f32>) {
     let (d, m) = (layer.head_dim(), layer.shape.subspaces);
@@ -203,9 +204,9 @@ pub fn choose_transforms(
                 (r.clone(), r)
             }
             TransformKind::Fsa => {
-                let sigma = moment(&queries[h], d, false);
-                let half = linalg::spd_power(&sigma, d, 0.5, 1e-6);
-                let inv_half = linalg::spd_power(&sigma, d, -0.5, 1e-6);
+                let sigma = &query_moments[h];
+                let half = linalg::spd_power(sigma, d, 0.5, 1e-6);
+                let inv_half = linalg::spd_power(sigma, d, -0.5, 1e-6);
                 // Keys in the whitened space k·Σq^½, then their balanced PCA rotation.
                 let mut moved = Reservoir::new(k.len(), d, 0);
                 for x in k.data.chunks_exact(d) {
@@ -421,13 +422,62 @@ fn residuals(shape: CodebookShape, h: usize, book: &[f32], res: &Reservoir) -> V
     out
 }
 
-/// Quantization error of the collected keys of `layer` (its index `l`) under its codebooks.
-fn head_errors(l: usize, layer: &LookatLayer, keys: &[Reservoir], book: &[f32]) -> Vec<HeadError> {
+/// Second moments `E[q qᵀ]` of the queries reading each kv head of every layer (empty for layers
+/// whose queries were not collected): computed once, shared by the transforms and the score errors
+/// of every candidate m.
+fn query_moments(layers: &[LookatLayer], queries: &[Vec<Reservoir>]) -> Vec<Vec<Vec<f64>>> {
+    layers
+        .par_iter()
+        .zip(queries)
+        .map(|(layer, q)| {
+            q.iter()
+                .map(|r| moment(r, layer.head_dim(), false))
+                .collect()
+        })
+        .collect()
+}
+
+/// What a layer's score errors are measured against: the second moments of the queries reading
+/// each kv head and the layer's query transform `B`, if it has one (its keys are then already
+/// transformed, and the moments are moved by `B`).
+#[derive(Clone, Copy)]
+struct ScoreBasis<'a> {
+    moments: &'a [Vec<f64>],
+    query_transform: Option<&'a [f32]>,
+}
+
+/// Quantization error of the collected keys of `layer` (its index `l`) under its codebooks, each
+/// key encoded the way the op encodes it, and with `scores` its expected squared score error in
+/// logits, averaged over its kv heads.
+fn measure_layer(
+    l: usize,
+    layer: &LookatLayer,
+    keys: &[Reservoir],
+    book: &[f32],
+    scores: Option<ScoreBasis<'_>>,
+) -> (Vec<HeadError>, Option<f64>) {
     let d = layer.head_dim();
-    keys.iter()
+    let mut score_sum = 0f64;
+    let errors = keys
+        .iter()
         .enumerate()
         .map(|(h, res)| {
             let e = residuals(layer.shape, h, book, res);
+            if let Some(ScoreBasis {
+                moments,
+                query_transform,
+            }) = scores
+            {
+                let s = match query_transform {
+                    Some(b) => Cow::Owned(budget::moved_moment(
+                        &moments[h],
+                        &b[h * d * d..(h + 1) * d * d],
+                        d,
+                    )),
+                    None => Cow::Borrowed(&moments[h]),
+                };
+                score_sum += budget::mean_score_error(e.chunks_exact(d), &s, d, layer.scale);
+            }
             let err: f64 = e.iter().map(|&x| (x as f64).powi(2)).sum();
             let norm: f64 = res.data.iter().map(|&x| (x as f64).powi(2)).sum();
             HeadError {
@@ -438,49 +488,8 @@ fn head_errors(l: usize, layer: &LookatLayer, keys: &[Reservoir], book: &[f32]) 
                 relative: if norm > 0.0 { err / norm } else { 0.0 },
             }
         })
-        .collect()
-}
-
-/// Quantization error of the collected keys under the learned codebooks, each key encoded the way
-/// the op encodes it.
-pub fn key_errors(
-    layers: &[LookatLayer],
-    keys: &[Vec<Reservoir>],
-    books: &[Vec<f32>],
-) -> Vec<HeadError> {
-    layers
-        .iter()
-        .enumerate()
-        .flat_map(|(l, layer)| head_errors(l, layer, &keys[l], &books[l]))
-        .collect()
-}
-
-/// Expected squared score error of `layer` in logits, averaged over its kv heads: its keys'
-/// residuals against the second moment of the queries that read each head, moved by the query
-/// transform `b` when the layer has one (keys are then already transformed).
-fn layer_score_error(
-    layer: &LookatLayer,
-    keys: &[Reservoir],
-    queries: &[Reservoir],
-    book: &[f32],
-    b: Option<&[f32]>,
-) -> f64 {
-    let d = layer.head_dim();
-    let per_head: Vec<f64> = keys
-        .iter()
-        .zip(queries)
-        .enumerate()
-        .map(|(h, (k, q))| {
-            let s = moment(q, d, false);
-            let s = match b {
-                Some(b) => budget::moved_moment(&s, &b[h * d * d..(h + 1) * d * d], d),
-                None => s,
-            };
-            let e = residuals(layer.shape, h, book, k);
-            budget::mean_score_error(e.chunks_exact(d), &s, d, layer.scale)
-        })
         .collect();
-    per_head.iter().sum::<f64>() / per_head.len().max(1) as f64
+    (errors, scores.map(|_| score_sum / keys.len().max(1) as f64))
 }
 
 /// What one calibration of `layers` produces: per layer its codebooks, its key/query transforms
@@ -494,12 +503,13 @@ struct Quantized {
 }
 
 /// Chooses the transforms, learns the codebooks and measures them, for `layers` as they are
-/// shaped (`keys` are consumed: layers with transforms are quantized in the transformed space);
-/// `scores`: also each layer's score error (needs its queries).
+/// shaped (`keys` are consumed: layers with transforms are quantized in the transformed space;
+/// `moments`: the queries' second moments, from [`query_moments`]); `scores`: also each layer's
+/// score error (needs its queries).
 fn quantize(
     layers: &[LookatLayer],
     mut keys: Vec<Vec<Reservoir>>,
-    queries: &[Vec<Reservoir>],
+    moments: &[Vec<Vec<f64>>],
     scores: bool,
     opts: &CalibrateOptions,
     pool: &rayon::ThreadPool,
@@ -507,7 +517,7 @@ fn quantize(
     let mut transforms = vec![];
     for (l, layer) in layers.iter().enumerate() {
         transforms.push(layer.transforms.as_ref().map(|_| {
-            let (a, b) = choose_transforms(layer, &keys[l], &queries[l], opts.transform);
+            let (a, b) = choose_transforms(layer, &keys[l], &moments[l], opts.transform);
             transform_keys(&mut keys[l], &a, layer.head_dim());
             (a, b)
         }));
@@ -523,11 +533,11 @@ fn quantize(
             .par_iter()
             .enumerate()
             .map(|(l, layer)| {
-                let score = (scores && !queries[l].is_empty()).then(|| {
-                    let b = transforms[l].as_ref().map(|(_, b)| b.as_slice());
-                    layer_score_error(layer, &keys[l], &queries[l], &books[l], b)
+                let with_scores = (scores && !moments[l].is_empty()).then_some(ScoreBasis {
+                    moments: &moments[l],
+                    query_transform: transforms[l].as_ref().map(|(_, b)| b.as_slice()),
                 });
-                (head_errors(l, layer, &keys[l], &books[l]), score)
+                measure_layer(l, layer, &keys[l], &books[l], with_scores)
             })
             .collect()
     });
@@ -573,7 +583,8 @@ fn check_budget(layers: &[LookatLayer], opts: &CalibrateOptions) -> Result<()> {
 /// calibration of each at its m, with the sensitivities measured.
 fn quantize_under_budget(
     layers: &[LookatLayer],
-    mut collected: Collected,
+    mut keys: Vec<Vec<Reservoir>>,
+    moments: &[Vec<Vec<f64>>],
     budget_bytes: f64,
     opts: &CalibrateOptions,
     pool: &rayon::ThreadPool,
@@ -591,11 +602,11 @@ fn quantize_under_budget(
             .collect::<Result<Vec<LookatLayer>>>()?;
         // The last candidate takes the collected keys; the others quantize a copy.
         let keys = if i + 1 == ms.len() {
-            std::mem::take(&mut collected.keys)
+            std::mem::take(&mut keys)
         } else {
-            collected.keys.clone()
+            keys.clone()
         };
-        let q = quantize(&shaped, keys, &collected.queries, true, opts, pool)?;
+        let q = quantize(&shaped, keys, moments, true, opts, pool)?;
         runs.push((shaped, q));
     }
     let sensitivities: Vec<budget::Sensitivity> = (0..layers.len())
@@ -687,20 +698,15 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(opts.threads.max(1))
         .build()?;
+    let moments = pool.install(|| query_moments(&layers, &collected.queries));
     let (layers, quantized, sensitivities) = match opts.budget {
         Some(bytes) => {
-            let (layers, q, s) = quantize_under_budget(&layers, collected, bytes, opts, &pool)?;
+            let (layers, q, s) =
+                quantize_under_budget(&layers, collected.keys, &moments, bytes, opts, &pool)?;
             (layers, q, Some(s))
         }
         None => {
-            let q = quantize(
-                &layers,
-                collected.keys,
-                &collected.queries,
-                false,
-                opts,
-                &pool,
-            )?;
+            let q = quantize(&layers, collected.keys, &moments, false, opts, &pool)?;
             (layers, q, None)
         }
     };

@@ -10,7 +10,7 @@ pub const EXIT_USAGE: u8 = 64;
 
 /// Parses the command line; `--help` and `--version` print and exit 0, bad usage prints clap's
 /// message and exits [`EXIT_USAGE`].
-pub fn parse<T: clap::Parser>() -> Result<T, ExitCode> {
+fn parse<T: clap::Parser>() -> Result<T, ExitCode> {
     T::try_parse().map_err(|e| {
         let _ = e.print();
         if e.use_stderr() {

@@ -83,6 +83,16 @@ def tool(name: str) -> pathlib.Path:
     return path
 
 
+def tokenize(files, tokenizer=None):
+    """Token ids of each text file, as lookat-tokenize gives them to the tools (GPT-2's BPE, or
+    `tokenizer`: a tokenizer.json): one int64 array per file."""
+    args = [str(tool("lookat-tokenize")), *map(str, files)] + (["--tokenizer", str(tokenizer)] if tokenizer else [])
+    proc = subprocess.run(args, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{proc.stderr}")
+    return [np.array(line.split(), np.int64) for line in proc.stdout.splitlines()]
+
+
 def session(model, threads: int = 2) -> ort.InferenceSession:
     """A CPU session with the plugin loaded; `model` is an onnx.ModelProto or a file path."""
     opts = ort.SessionOptions()

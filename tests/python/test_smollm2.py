@@ -14,7 +14,8 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from lookat_testlib import CONTRACT, ROOT, generate_metrics, plugin_path, tool
+from lookat_testlib import CONTRACT, ROOT, generate_metrics, tokenize, tool
+from lookat_testlib import session as lookat_session
 
 FIXTURES = ROOT / "models" / "fixtures" / "smollm2"
 REFERENCE = FIXTURES / "reference.json"
@@ -40,13 +41,6 @@ def exports():
 def session(path):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def lookat_session(path):
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    opts.register_custom_ops_library(plugin_path())
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
@@ -134,11 +128,8 @@ CODEBOOK_TOKENS = 2048
 
 def text_keys(src, rewritten):
     if not _TEXT_KEYS:
-        ids = subprocess.run(
-            [str(tool("lookat-tokenize")), "--tokenizer", str(TOKENIZER), str(ROOT / "models/text/calib/prose.txt")],
-            check=True, capture_output=True, text=True,
-        ).stdout.split()[:CODEBOOK_TOKENS]
-        windows = np.array(ids, np.int64).reshape(-1, 512)
+        (ids,) = tokenize([ROOT / "models/text/calib/prose.txt"], TOKENIZER)
+        windows = ids[:CODEBOOK_TOKENS].reshape(-1, 512)
         per_window = [keys_per_node(src, rewritten, w[None]) for w in windows]
         _TEXT_KEYS.extend(np.concatenate(layer) for layer in zip(*per_window))
     return _TEXT_KEYS
