@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +38,7 @@ from lookat_testlib import CONTRACT, plugin_path, tokenize, tool  # noqa: E402
 BIN = ROOT / "target" / "release"
 CALIB = [ROOT / f"models/text/calib/{d}.txt" for d in ("prose", "code", "technical")]
 DOMAINS = ["prose", "code", "technical"]
+EVAL = [ROOT / f"models/text/eval/{d}.txt" for d in DOMAINS]
 DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 
 
@@ -132,7 +134,7 @@ class Bench:
         # Calibrations that differ only in m, K, transforms or grids share one set of forward
         # passes (lookat-calibrate --keys-cache); the directory is removed at the end.
         self.keys_cache = ROOT / "out" / f"results-keys-{name}"
-        ids = tokenize([ROOT / f"models/text/eval/{d}.txt" for d in DOMAINS], tokenizer)
+        ids = tokenize(EVAL, tokenizer)
         self.windows = {d: t[:eval_len] for d, t in zip(DOMAINS, ids)}
         for d, t in self.windows.items():
             assert len(t) == eval_len, f"{d}: only {len(t)} tokens"
@@ -143,11 +145,12 @@ class Bench:
     def path(self, stem):
         return self.original.parent / f".results-{self.name}-{stem}.onnx"
 
-    def calibrate(self, m, k, transform, grid, tokens, budget=None, rewrite_extra=()):
-        key = (m, k, transform, grid, tokens, budget, tuple(rewrite_extra))
+    def calibrate(self, m, k=256, transform=None, grid=None, tokens=16384, budget=None, rewrite_extra=(), calib_window=None):
+        calib_window = calib_window or self.calib_window
+        key = (m, k, transform, grid, tokens, budget, tuple(rewrite_extra), calib_window)
         if key in self.calibrated:
             return self.calibrated[key]
-        stem = f"m{m}-k{k}-{transform or 'none'}-{grid or 'kmeans'}-{tokens}" + (f"-budget{budget}" if budget else "")
+        stem = f"m{m}-k{k}-{transform or 'none'}-{grid or 'kmeans'}-{tokens}-w{calib_window}" + (f"-budget{budget}" if budget else "")
         rw, cal = self.path(stem + "-rw"), self.path(stem + "-cal")
         args = ["--subspaces", m, "--centroids", k, *rewrite_extra] + (["--transform"] if transform else [])
         run([tool("lookat-rewrite"), self.original, "-o", rw, *args])
@@ -157,7 +160,7 @@ class Bench:
         tok = ["--tokenizer", self.tokenizer] if self.tokenizer else []
         start = time.time()
         run([tool("lookat-calibrate"), "--original", self.original, "--rewritten", rw, "-o", cal, "--text", *CALIB, *tok,
-             "--tokens", tokens, "--window", self.calib_window, "--batch", 1 if self.calib_window > 1024 else 4,
+             "--tokens", tokens, "--window", calib_window, "--batch", 1 if calib_window > 1024 else 4,
              "--seed", 0, "--quiet", "--keys-cache", self.keys_cache, *calib])
         seconds = time.time() - start
         rw.unlink()
@@ -167,12 +170,7 @@ class Bench:
 
     def evaluate(self, label, m, k=256, transform=None, grid=None, tokens=16384, sinks=0, window=0, value_dtype="f32",
                  budget=None):
-        rewrite_extra = ()
-        if budget:
-            # --budget reshapes each layer's codebooks and codes cache: calibrate the rewrite that is
-            # evaluated (window and value type included) instead of copying constants into another.
-            rewrite_extra = ("--sinks", sinks, "--window", window, "--value-dtype", value_dtype)
-        cal, calib_seconds = self.calibrate(m, k, transform, grid, tokens, budget, rewrite_extra)
+        cal, calib_seconds = self.calibrate(**calibration(m, k, transform, grid, tokens, sinks, window, value_dtype, budget))
         model = cal
         if not budget and (sinks or window or value_dtype != "f32"):
             model = self.path(f"{label}")
@@ -211,10 +209,31 @@ class Bench:
             f"top-1 {last['top1']:.4f}, KL {last['kl']:.4f}")
         return row
 
-    def run(self, plan):
-        """Evaluates every (label, settings) of `plan`; removes the calibrated models after."""
+    def attention(self, models, lengths):
+        """lookat-eval's attention-level metrics (every layer and query head; fp16, INT8 and INT4
+        keys built in; each scheme also with the 4 + 64 key window) for calibrated `models`:
+        (label, settings as for `evaluate`), calibrated here unless already."""
+        specs = []
+        for label, kw in models:
+            cal, _ = self.calibrate(**calibration(**kw))
+            specs += ["--model", f"{label}={cal}"]
+        out = ROOT / "out" / f"results-attention-{self.name}"
+        tok = ["--tokenizer", self.tokenizer] if self.tokenizer else []
+        start = time.time()
+        run([tool("lookat-eval"), "--original", self.original, *tok, "--eval-text", *EVAL, *specs,
+             "--lengths", *lengths, "--queries", 16, "--sinks", 4, "--window", 64, "--threads", 2, "--quiet", "--out", out])
+        data = json.loads((out / "results.json").read_text())
+        shutil.rmtree(out)
+        data["wall_seconds"] = round(time.time() - start, 1)
+        log(f"{self.name}: attention-level metrics of {len(data['rows'])} schemes in {data['wall_seconds']:.0f} s")
+        return data
+
+    def run(self, plan, attention=(), lengths=()):
+        """Evaluates every (label, settings) of `plan`, then lookat-eval on the `attention`
+        models at `lengths`; removes the calibrated models after."""
         try:
-            return [self.evaluate(label, **kw) for label, kw in plan]
+            rows = [self.evaluate(label, **kw) for label, kw in plan]
+            return rows, (self.attention(attention, lengths) if attention else None)
         finally:
             self.cleanup()
 
@@ -225,10 +244,27 @@ class Bench:
             f.unlink()
 
 
-def smollm2_rows(quick):
+def calibration(m, k=256, transform=None, grid=None, tokens=16384, sinks=0, window=0, value_dtype="f32", budget=None,
+                calib_window=None):
+    """`Bench.calibrate`'s arguments for a row's settings: the key window and value type only
+    matter to --budget, which reshapes each layer's codebooks and codes cache, so that row
+    calibrates the very rewrite it evaluates; the others share one calibration per geometry."""
+    extra = ("--sinks", sinks, "--window", window, "--value-dtype", value_dtype) if budget else ()
+    return dict(m=m, k=k, transform=transform, grid=grid, tokens=tokens, budget=budget, rewrite_extra=extra,
+                calib_window=calib_window)
+
+
+def smollm2_bench():
     smol = ROOT / "models/fixtures/smollm2"
-    b = Bench("smollm2", smol / "dyn18-eager-kv.onnx", smol / "tokenizer.json", eval_len=2048, calib_window=2048,
-              head_dim=64, kv_heads=3, layers=30, work=smol)
+    return Bench("smollm2", smol / "dyn18-eager-kv.onnx", smol / "tokenizer.json", eval_len=2048, calib_window=2048,
+                 head_dim=64, kv_heads=3, layers=30, work=smol)
+
+
+RECOMMENDED = dict(m=16, transform="fsa", value_dtype="f16", sinks=4, window=64)
+
+
+def smollm2_rows():
+    b = smollm2_bench()
     w = dict(sinks=4, window=64)
     plan = [
         # Scalar per-channel baselines, run by the same op (m = D, uniform grid codebooks).
@@ -251,9 +287,32 @@ def smollm2_rows(quick):
         # lookat-calibrate --budget: each layer's m (2, 4, 8 or 16) from its measured score error.
         ("PQ budget 12 + fsa + window, f16 cache", dict(m=16, transform="fsa", budget=12, value_dtype="f16", **w)),
     ]
-    if not quick:
-        plan += [("PQ m=16 + fsa + window, 64k calib", dict(m=16, transform="fsa", tokens=65536, **w))]
-    return b.run(plan)
+    # The same calibrations at the level of attention itself (lookat-eval adds "+ window").
+    attention = [
+        ("PQ m=16", dict(m=16)),
+        ("PQ m=8", dict(m=8)),
+        ("PQ m=4", dict(m=4)),
+        ("PQ m=16 + pca", dict(m=16, transform="pca")),
+        ("PQ m=16 + fsa", dict(m=16, transform="fsa")),
+        ("PQ m=8 + fsa", dict(m=8, transform="fsa")),
+        ("PQ m=4 + fsa", dict(m=4, transform="fsa")),
+        ("PQ budget 12 + fsa + window", dict(m=16, transform="fsa", budget=12, value_dtype="f16", **w)),
+    ]
+    return b.run(plan, attention, lengths=(256, 1024, 2048))
+
+
+def calibration_sweep():
+    """What calibration costs and buys (`./scripts/results.sh --calib-sweep`, apart from the main
+    run because 256k tokens of forward passes alone take longer than its 30 minutes): the
+    recommended setting end to end at 16k, 64k and 256k calibration tokens; and, at the level of
+    attention, calibration windows of 2048 against 4096 tokens on contexts of 2048 and 4096."""
+    b = smollm2_bench()
+    plan = [(f"{label} calibration tokens", dict(RECOMMENDED, tokens=n)) for label, n in
+            (("16k", 16384), ("64k", 65536), ("256k", 262144))]
+    attention = [("PQ m=16 + fsa, calibration windows of 2048", dict(m=16, transform="fsa")),
+                 ("PQ m=16 + fsa, calibration windows of 4096", dict(m=16, transform="fsa", calib_window=4096))]
+    # The held-out windows hold 2048 tokens end to end; lookat-eval reads 4096 of each file.
+    return b.run(plan, attention, lengths=(2048, 4096))
 
 
 def gpt2_rows():
@@ -266,13 +325,18 @@ def gpt2_rows():
         ("PQ m=4 + fsa + window", dict(m=4, transform="fsa", sinks=4, window=64, tokens=50000)),
         ("PQ m=8 + fsa + window", dict(m=8, transform="fsa", sinks=4, window=64, tokens=50000)),
     ]
-    return b.run(plan)
+    attention = [(label, dict(m=m, transform=tr, tokens=50000))
+                 for label, m, tr in (("PQ m=4", 4, None), ("PQ m=8", 8, None), ("PQ m=4 + fsa", 4, "fsa"),
+                                      ("PQ m=8 + fsa", 8, "fsa"))]
+    return b.run(plan, attention, lengths=(256, 1024))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "results"))
-    ap.add_argument("--quick", action="store_true", help="skip the 64k-token calibration run")
+    ap.add_argument("--calib-sweep", action="store_true",
+                    help="instead of the main run: calibration tokens (16k, 64k, 256k) and calibration window length "
+                         "(writes calib_sweep.json; about 20 minutes)")
     args = ap.parse_args()
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -280,17 +344,24 @@ def main():
     import platform
 
     result = {
-        "generated_by": "./scripts/results.sh (scripts/results.py)",
+        "generated_by": "./scripts/results.sh" + (" --calib-sweep" if args.calib_sweep else "") + " (scripts/results.py)",
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or 'cpu'}",
         "onnxruntime": ort.__version__,
         "contract": {"domain": CONTRACT["domain"], "op": CONTRACT["op_name"]},
-        "smollm2": smollm2_rows(args.quick),
-        "gpt2_fixture": gpt2_rows(),
     }
+    if args.calib_sweep:
+        result["smollm2"], result["smollm2_attention"] = calibration_sweep()
+        name = "calib_sweep.json"
+    else:
+        result["smollm2"], result["smollm2_attention"] = smollm2_rows()
+        result["gpt2_fixture"], result["gpt2_attention"] = gpt2_rows()
+        name = "results.json"
     result["seconds"] = round(time.time() - start)
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    log(f"wrote {out / 'results.json'} in {result['seconds']} s")
+    tmp = out / f".{name}.tmp"
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out / name)
+    log(f"wrote {out / name} in {result['seconds']} s")
 
 
 if __name__ == "__main__":

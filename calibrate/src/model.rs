@@ -159,6 +159,35 @@ pub fn lookat_layers(model: &ModelProto) -> Result<Vec<LookatLayer>> {
     Ok(layers)
 }
 
+/// The values of the float initializer `name` (stored inline, as lookat-calibrate writes them).
+pub fn read_floats(model: &ModelProto, name: &str) -> Result<Vec<f32>> {
+    let t = model
+        .graph
+        .as_ref()
+        .and_then(|g| g.initializer.iter().find(|t| t.name == name))
+        .with_context(|| format!("initializer '{name}' is missing"))?;
+    if t.data_type != DataType::FLOAT as i32 {
+        bail!("initializer '{name}' is not float32");
+    }
+    let want: i64 = t.dims.iter().product();
+    let values: Vec<f32> = if t.raw_data.is_empty() {
+        t.float_data.clone()
+    } else {
+        t.raw_data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    if values.len() as i64 != want {
+        bail!(
+            "initializer '{name}' holds {} floats, its shape {:?} needs {want} (external data is not read here)",
+            values.len(),
+            t.dims
+        );
+    }
+    Ok(values)
+}
+
 /// Replaces the float initializer `name` with `values` (same element count).
 pub fn write_floats(model: &mut ModelProto, name: &str, values: &[f32]) -> Result<()> {
     let graph = model.graph.as_mut().context("graph")?;

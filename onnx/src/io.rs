@@ -136,18 +136,26 @@ pub fn save(model: &ModelProto, input_dir: &Path, output: &Path) -> Result<()> {
     let bytes = model
         .write_to_bytes()
         .context("cannot serialize the model")?;
+    write_atomic(&out_abs, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory, renamed into place:
+/// a reader sees the old file or the whole new one, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let out_abs = absolute(path)?;
+    let out_dir = out_abs.parent().context("output has no directory")?;
     let tmp = out_dir.join(format!(
         ".{}.tmp-{}",
         out_abs
             .file_name()
             .and_then(|n| n.to_str())
-            .unwrap_or("model"),
+            .unwrap_or("output"),
         std::process::id()
     ));
     let result = (|| -> Result<()> {
         let mut f =
             fs::File::create(&tmp).with_context(|| format!("cannot create '{}'", tmp.display()))?;
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, &out_abs)
             .with_context(|| format!("cannot move the result to '{}'", out_abs.display()))

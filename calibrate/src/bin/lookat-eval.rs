@@ -5,17 +5,19 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use lookat_calibrate::collect::{collect_keys, CollectOptions, Probe};
-use lookat_calibrate::decode::{teacher_forced, Decoder};
-use lookat_calibrate::eval::{head_metrics, Metrics, Scheme};
-use lookat_calibrate::model::{lookat_layers, write_codebooks, LookatLayer};
+use lookat_calibrate::collect::{check_original, Probe};
+use lookat_calibrate::eval::{exact_scores, KeyWindow, Metrics, Reference, Scheme, StoredKeys};
+use lookat_calibrate::model::{lookat_layers, read_floats, LookatLayer};
 use lookat_calibrate::tokenizer::Tokenizer;
-use lookat_calibrate::{learn_codebooks, progress_bar, runtime, tokenize_corpus};
-use lookat_contract::{CacheBytes, CodebookShape};
-use lookat_op::kernels::PreparedCodebook;
+use lookat_calibrate::{progress_bar, runtime};
+use lookat_op::kernels::{KeyTransforms, PreparedCodebook};
+use rayon::prelude::*;
 
-/// Fidelity of LOOKAT (m = 1, 2, 4, 8, 16; K = 256) against fp16 and scalar INT8/INT4 keys on every
-/// layer and head of a model, at several lengths, plus end-to-end decoding through onnxruntime.
+/// Attention-level fidelity of calibrated LOOKAT models (any levers: m, transforms, key window,
+/// per-layer m) against fp16 and scalar INT8/INT4 keys, on every layer and query head of the
+/// original model, at several lengths: output cosine, KL of the attention distribution, Spearman ρ
+/// of the scores and top-5 overlap, each against exact attention in f64. Every scheme is measured
+/// as it is and, with --sinks/--window, with that full-precision key window too.
 /// Writes results.json and results.md to --out.
 #[derive(Parser)]
 #[command(name = "lookat-eval", version)]
@@ -23,9 +25,11 @@ struct Cli {
     /// The original exported model (with KV cache I/O).
     #[arg(long)]
     original: PathBuf,
-    /// Calibration text files (codebooks are learned from the model's keys on them).
-    #[arg(long = "calib-text", num_args = 1.., required = true)]
-    calib_texts: Vec<PathBuf>,
+    /// A calibrated model of --original (lookat-rewrite, then lookat-calibrate), as LABEL=PATH
+    /// (the last `=` ends the label).
+    /// Repeat for several; none measures only the scalar schemes.
+    #[arg(long = "model", value_name = "LABEL=PATH")]
+    models: Vec<String>,
     /// Held-out text files, one per domain (named by their file stem).
     #[arg(long = "eval-text", num_args = 1.., required = true)]
     eval_texts: Vec<PathBuf>,
@@ -34,65 +38,182 @@ struct Cli {
     tokenizer: Option<PathBuf>,
     #[arg(long, default_value = "out/eval")]
     out: PathBuf,
-    #[arg(long, default_value_t = 30_000)]
-    calib_tokens: usize,
-    #[arg(long, default_value_t = 8192)]
-    reservoir: usize,
-    #[arg(long, default_value_t = 15)]
-    iters: usize,
-    /// Window lengths for the attention-level metrics.
-    #[arg(long, num_args = 1.., default_values_t = [64usize, 128, 256, 512, 1024])]
+    /// Lengths T: the queries at positions T-q..T of a window score the keys before them. One
+    /// forward pass of the longest serves every length.
+    #[arg(long, num_args = 1.., default_values_t = [256usize, 1024, 2048])]
     lengths: Vec<usize>,
-    /// Windows per domain and length.
-    #[arg(long, default_value_t = 2)]
+    /// Windows per domain (consecutive, each of the longest length).
+    #[arg(long, default_value_t = 1)]
     windows: usize,
-    /// Queries per window (the last ones, which see the most keys).
-    #[arg(long, default_value_t = 32)]
+    /// Queries per window and length (the last ones, which see the most keys).
+    #[arg(long, default_value_t = 16)]
     queries: usize,
-    /// Subspace counts whose calibrated models are decoded end to end.
-    #[arg(long, num_args = 1.., default_values_t = [2usize, 4])]
-    e2e_subspaces: Vec<usize>,
-    /// Held-out tokens decoded per domain, end to end.
-    #[arg(long, default_value_t = 256)]
-    e2e_tokens: usize,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// The key window added to every scheme as a second variant ("+ window"): the first
+    /// --sinks tokens and each query's --window most recent tokens scored exactly. 0 and 0: none.
+    #[arg(long, default_value_t = 4)]
+    sinks: usize,
+    #[arg(long, default_value_t = 64)]
+    window: usize,
     #[arg(long, default_value_t = 2)]
     threads: usize,
     #[arg(long)]
     quiet: bool,
 }
 
-const SUBSPACES: [usize; 5] = [1, 2, 4, 8, 16];
-const K: usize = 256;
+const SCALAR: [Scheme; 5] = [
+    Scheme::Fp16,
+    Scheme::Int8PerTensor,
+    Scheme::Int8PerChannel,
+    Scheme::Int4PerTensor,
+    Scheme::Int4PerChannel,
+];
 
 fn main() -> ExitCode {
     lookat_rewrite::cli::main::<Cli>("lookat-eval", |cli| run(&cli))
 }
 
-fn rewritten(original: &Path, m: usize) -> Result<onnx_protobuf::ModelProto> {
+/// The layers of the original as a rewrite sees them: which tensors hold each layer's queries,
+/// keys and values, its heads and its softmax scale.
+fn original_layers(original: &Path) -> Result<Vec<LookatLayer>> {
     let mut model = lookat_onnx::io::load(original)?;
     let opts = lookat_rewrite::Options {
-        subspaces: m,
-        centroids: K,
+        subspaces: 1,
+        centroids: 256,
         value_dtype: lookat_rewrite::ValueDtype::F32,
         sinks: 0,
         window: 0,
         transforms: false,
     };
-    lookat_rewrite::rewrite(&mut model, &opts)?;
-    Ok(model)
+    lookat_rewrite::rewrite(&mut model, &opts)
+        .with_context(|| format!("cannot find the attention of '{}'", original.display()))?;
+    lookat_layers(&model)
 }
 
-fn with_subspaces(layers: &[LookatLayer], m: usize) -> Result<Vec<LookatLayer>> {
-    layers
-        .iter()
-        .map(|l| {
-            let shape = CodebookShape::new(l.heads(), l.head_dim(), m, K)
-                .with_context(|| format!("{m} subspaces do not divide the head size"))?;
-            Ok(LookatLayer { shape, ..l.clone() })
+/// One layer of a calibrated model: each kv head's codebook laid out for the kernels, and its
+/// transforms.
+struct CalibratedLayer {
+    books: Vec<PreparedCodebook>,
+    transforms: Option<KeyTransforms>,
+    window: KeyWindow,
+    subspaces: usize,
+}
+
+struct CalibratedModel {
+    label: String,
+    layers: Vec<CalibratedLayer>,
+}
+
+impl CalibratedModel {
+    fn load(spec: &str, base: &[LookatLayer]) -> Result<CalibratedModel> {
+        let (label, path) = spec
+            .rsplit_once('=')
+            .filter(|(l, p)| !l.is_empty() && !p.is_empty())
+            .with_context(|| format!("--model '{spec}' is not LABEL=PATH"))?;
+        let path = Path::new(path);
+        let model = lookat_onnx::io::load(path)?;
+        let layers = lookat_layers(&model)
+            .with_context(|| format!("--model '{label}' ('{}')", path.display()))?;
+        if layers.len() != base.len() {
+            bail!(
+                "--model '{label}' has {} LookatAttention nodes, the original has {} attention layers",
+                layers.len(),
+                base.len()
+            );
+        }
+        let layers = layers
+            .iter()
+            .zip(base)
+            .map(|(l, b)| {
+                let same = (
+                    &l.query_tensor,
+                    &l.key_tensor,
+                    &l.value_tensor,
+                    l.query_heads,
+                ) == (
+                    &b.query_tensor,
+                    &b.key_tensor,
+                    &b.value_tensor,
+                    b.query_heads,
+                );
+                if !same || l.heads() != b.heads() || l.head_dim() != b.head_dim() {
+                    bail!(
+                        "node '{}' of --model '{label}' does not read the tensors or heads of the \
+                         original's layer '{}': was it rewritten from --original?",
+                        l.node,
+                        b.node
+                    );
+                }
+                let s = l.shape;
+                let books = read_floats(&model, &l.codebooks)?;
+                let transforms = match &l.transforms {
+                    Some((a, b)) => Some(
+                        KeyTransforms::new(
+                            &read_floats(&model, a)?,
+                            &read_floats(&model, b)?,
+                            s.heads,
+                            s.head_dim(),
+                        )
+                        .with_context(|| {
+                            format!("transforms of node '{}' have the wrong size", l.node)
+                        })?,
+                    ),
+                    None => None,
+                };
+                if books.len() != s.len() {
+                    bail!(
+                        "codebooks '{}' hold {} floats, not {}",
+                        l.codebooks,
+                        books.len(),
+                        s.len()
+                    );
+                }
+                Ok(CalibratedLayer {
+                    books: (0..s.heads)
+                        .map(|h| {
+                            PreparedCodebook::new(
+                                &books[s.head(h)],
+                                s.subspaces,
+                                s.centroids,
+                                s.sub_dim,
+                            )
+                        })
+                        .collect(),
+                    transforms,
+                    window: KeyWindow {
+                        sinks: l.sinks,
+                        recent: l.window,
+                    },
+                    subspaces: s.subspaces,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(CalibratedModel {
+            label: label.to_string(),
+            layers,
         })
-        .collect()
+    }
+
+    /// Key bytes per token and kv head: the mean of the layers' m.
+    fn codes(&self) -> f64 {
+        self.layers.iter().map(|l| l.subspaces as f64).sum::<f64>() / self.layers.len() as f64
+    }
+}
+
+/// What one row of the report measures.
+struct Row {
+    label: String,
+    store: Store,
+    /// Applied on top of a model's own window (a model that has one is measured with it only).
+    window: KeyWindow,
+    key_bytes: f64,
+    /// Tokens kept in full precision per sequence (the model's own window, or `window`).
+    window_tokens: usize,
+}
+
+#[derive(Clone, Copy)]
+enum Store {
+    Scalar(Scheme),
+    Model(usize),
 }
 
 fn json_str(s: &str) -> String {
@@ -101,85 +222,96 @@ fn json_str(s: &str) -> String {
 
 fn run(cli: &Cli) -> Result<()> {
     let start = Instant::now();
-    std::fs::create_dir_all(&cli.out)?;
-    let env = runtime::init(None)?;
-    let base = lookat_layers(&rewritten(&cli.original, 1)?)?;
-    let (n_layers, heads, d) = (base.len(), base[0].heads(), base[0].head_dim());
+    if cli.lengths.is_empty() || cli.lengths.contains(&0) || cli.queries == 0 || cli.windows == 0 {
+        bail!("--lengths, --queries and --windows must be positive");
+    }
+    let longest = *cli.lengths.iter().max().expect("nonempty");
+    let base = original_layers(&cli.original)?;
+    check_original(&lookat_onnx::io::load(&cli.original)?, &cli.original, &base)?;
+    let models: Vec<CalibratedModel> = cli
+        .models
+        .iter()
+        .map(|s| CalibratedModel::load(s, &base))
+        .collect::<Result<_>>()?;
+    let (n_layers, d) = (base.len(), base[0].head_dim());
+    let extra = KeyWindow {
+        sinks: cli.sinks,
+        recent: cli.window,
+    };
+    let with_window = |label: &str| format!("{label} + window");
 
-    // 1. Codebooks for every m, from the same calibration keys.
-    let tok = Tokenizer::load(cli.tokenizer.as_deref())?;
-    let (calib, corpus_sha) = tokenize_corpus(&tok, &cli.calib_texts, cli.calib_tokens, cli.quiet)?;
-    let bar = progress_bar(cli.quiet, "forward");
-    let keys = collect_keys(
-        env,
-        lookat_onnx::io::load(&cli.original)?,
-        &cli.original,
-        &base,
-        &calib,
-        &CollectOptions {
-            window: 256,
-            batch: 4,
-            reservoir: cli.reservoir,
-            seed: cli.seed,
-            threads: cli.threads,
-            all_queries: false,
-        },
-        &bar,
-    )?;
-    bar.finish_and_clear();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(cli.threads.max(1))
-        .build()?;
-    let mut books = vec![];
-    for m in SUBSPACES {
-        let bar = progress_bar(cli.quiet, &format!("k-means m={m}"));
-        let layers = with_subspaces(&base, m)?;
-        books.push(
-            pool.install(|| learn_codebooks(&layers, &keys.keys, cli.iters, cli.seed, &bar))?,
+    let mut rows = vec![];
+    let mut add = |label: String, store: Store, window: KeyWindow, key_bytes: f64, own: usize| {
+        let window_tokens = own.max(window.tokens());
+        rows.push(Row {
+            label,
+            store,
+            window,
+            key_bytes,
+            window_tokens,
+        });
+    };
+    for s in SCALAR {
+        add(
+            s.name(),
+            Store::Scalar(s),
+            KeyWindow::default(),
+            s.key_bytes(d),
+            0,
         );
-        bar.finish_and_clear();
+        if extra.tokens() > 0 {
+            add(
+                with_window(&s.name()),
+                Store::Scalar(s),
+                extra,
+                s.key_bytes(d),
+                0,
+            );
+        }
+    }
+    for (i, m) in models.iter().enumerate() {
+        let own = m
+            .layers
+            .iter()
+            .map(|l| l.window.tokens())
+            .max()
+            .unwrap_or(0);
+        add(
+            m.label.clone(),
+            Store::Model(i),
+            KeyWindow::default(),
+            m.codes(),
+            own,
+        );
+        if extra.tokens() > 0 && own == 0 {
+            add(with_window(&m.label), Store::Model(i), extra, m.codes(), 0);
+        }
     }
 
-    // Every head's codebook laid out for the op's kernels: prepared[m][layer][head].
-    let prepared: Vec<Vec<Vec<PreparedCodebook>>> = SUBSPACES
-        .iter()
-        .zip(&books)
-        .map(|(&m, per_layer)| {
-            per_layer
-                .iter()
-                .map(|book| {
-                    let shape = CodebookShape::new(heads, d, m, K).expect("m divides D");
-                    (0..heads)
-                        .map(|h| PreparedCodebook::new(&book[shape.head(h)], m, K, shape.sub_dim))
-                        .collect()
-                })
-                .collect()
-        })
-        .collect();
+    let tok = Tokenizer::load(cli.tokenizer.as_deref())?;
+    let mut windows = vec![];
+    for p in &cli.eval_texts {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("cannot read '{}'", p.display()))?;
+        let ids = tok.encode(&text)?;
+        let domain = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for w in 0..cli.windows {
+            let Some(window) = ids.get(w * longest..(w + 1) * longest) else {
+                bail!(
+                    "'{}' has {} tokens, fewer than {} windows of {longest}",
+                    p.display(),
+                    ids.len(),
+                    cli.windows
+                );
+            };
+            windows.push((domain.clone(), window.to_vec()));
+        }
+    }
 
-    // 2. Attention-level metrics on held-out windows.
-    let domains: Vec<(String, Vec<u32>)> = cli
-        .eval_texts
-        .iter()
-        .map(|p| -> Result<_> {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read '{}'", p.display()))?;
-            Ok((
-                p.file_stem()
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                tok.encode(&text)?,
-            ))
-        })
-        .collect::<Result<_>>()?;
-    let mut schemes = vec![
-        Scheme::Fp16,
-        Scheme::Int8PerTensor,
-        Scheme::Int8PerChannel,
-        Scheme::Int4PerTensor,
-        Scheme::Int4PerChannel,
-    ];
-    schemes.extend(SUBSPACES.map(|m| Scheme::Lookat { subspaces: m }));
+    let env = runtime::init(None)?;
     let names: Vec<String> = base
         .iter()
         .flat_map(|l| {
@@ -191,209 +323,175 @@ fn run(cli: &Cli) -> Result<()> {
         })
         .collect();
     let mut probe = Probe::new(env, &cli.original, &names, cli.threads)?;
-    // results[scheme][length][layer]
-    let mut results =
-        vec![vec![vec![Metrics::default(); n_layers]; cli.lengths.len()]; schemes.len()];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cli.threads.max(1))
+        .build()?;
+    // results[row][length][layer]
+    let mut results = vec![vec![vec![Metrics::default(); n_layers]; cli.lengths.len()]; rows.len()];
     let bar = progress_bar(cli.quiet, "attention");
-    bar.set_length((cli.lengths.len() * domains.len() * cli.windows) as u64);
-    for (li, &len) in cli.lengths.iter().enumerate() {
-        for (domain, toks) in &domains {
-            for w in 0..cli.windows {
-                let Some(ids) = toks.get(w * len..(w + 1) * len) else {
-                    bail!(
-                        "held-out '{domain}' has fewer than {} tokens for {} windows of {len}",
-                        (w + 1) * len,
-                        cli.windows
-                    );
-                };
-                let out = probe.run(ids, 1, len)?;
-                let positions: Vec<usize> = (len.saturating_sub(cli.queries)..len).collect();
-                for (layer, qkv) in out.chunks_exact(3).enumerate() {
-                    let query_heads = base[layer].query_heads;
-                    let group = query_heads / heads;
-                    // Every query head against its kv head's keys and values (h / G).
-                    for qh in 0..query_heads {
-                        let h = qh / group;
-                        let q = qkv[0].head(qh, query_heads, d)?;
-                        let (k, v) = (qkv[1].head(h, heads, d)?, qkv[2].head(h, heads, d)?);
-                        let queries: Vec<&[f32]> =
-                            positions.iter().map(|&p| &q[p * d..(p + 1) * d]).collect();
-                        for (si, scheme) in schemes.iter().enumerate() {
-                            let book = match scheme {
-                                Scheme::Lookat { subspaces } => {
-                                    let mi =
-                                        SUBSPACES.iter().position(|x| x == subspaces).unwrap_or(0);
-                                    Some(&prepared[mi][layer][h])
-                                }
-                                _ => None,
-                            };
-                            let m = head_metrics(&queries, &positions, &k, &v, d, *scheme, book);
-                            results[si][li][layer].add(&m);
-                        }
-                    }
+    bar.set_length(windows.len() as u64);
+    for (_, ids) in &windows {
+        let out = probe.run(ids, 1, longest)?;
+        let per_layer: Vec<Vec<Vec<Metrics>>> = pool.install(|| {
+            out.par_chunks_exact(3)
+                .enumerate()
+                .map(|(layer, qkv)| {
+                    layer_metrics(
+                        layer,
+                        qkv,
+                        &base[layer],
+                        &models,
+                        &rows,
+                        &cli.lengths,
+                        cli.queries,
+                    )
+                })
+                .collect::<Result<_>>()
+        })?;
+        for (layer, per_row) in per_layer.iter().enumerate() {
+            for (r, per_len) in per_row.iter().enumerate() {
+                for (li, m) in per_len.iter().enumerate() {
+                    results[r][li][layer].add(m);
                 }
-                bar.inc(1);
             }
         }
+        bar.inc(1);
     }
     bar.finish_and_clear();
+    report(cli, &base, &rows, &results, windows.len(), start)
+}
 
-    // 3. End to end: the rewritten model with calibrated codebooks, decoded token by token.
-    let plugin = runtime::plugin_path(None)?;
-    let mut e2e = vec![];
-    for &m in &cli.e2e_subspaces {
-        let mi = SUBSPACES
+/// Metrics of every row at every length for one layer of one window: `[row][length]`.
+fn layer_metrics(
+    layer: usize,
+    qkv: &[lookat_calibrate::collect::Probed],
+    base: &LookatLayer,
+    models: &[CalibratedModel],
+    rows: &[Row],
+    lengths: &[usize],
+    queries: usize,
+) -> Result<Vec<Vec<Metrics>>> {
+    let (heads, query_heads, d) = (base.heads(), base.query_heads, base.head_dim());
+    let group = query_heads / heads;
+    let mut out = vec![vec![Metrics::default(); lengths.len()]; rows.len()];
+    for h in 0..heads {
+        let (keys, values) = (qkv[1].head(h, heads, d)?, qkv[2].head(h, heads, d)?);
+        // Each row's stored keys for this kv head, encoded once for every length and query.
+        let stored: Vec<StoredKeys> = rows
             .iter()
-            .position(|&x| x == m)
-            .context("--e2e-subspaces must be among 1, 2, 4, 8, 16")?;
-        let mut model = rewritten(&cli.original, m)?;
-        let layers = lookat_layers(&model)?;
-        write_codebooks(&mut model, &layers, &books[mi])?;
-        let path = cli.out.join(format!("calibrated-m{m}.onnx"));
-        let dir = cli
-            .original
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        lookat_onnx::io::save(&model, dir, &path)?;
-        for (domain, toks) in &domains {
-            let ids = &toks[..(cli.e2e_tokens + 1).min(toks.len())];
-            let mut orig = Decoder::new(runtime::session(env, &cli.original, None, cli.threads)?)?;
-            let mut look = Decoder::new(runtime::session(env, &path, Some(&plugin), cli.threads)?)?;
-            let c = teacher_forced(&mut orig, &mut look, ids)?;
-            e2e.push((
-                m,
-                domain.clone(),
-                c.ppl_original,
-                c.ppl_lookat,
-                c.top1_agreement,
-                c.kl,
-                c.steps,
-            ));
+            .map(|row| match row.store {
+                Store::Scalar(s) => StoredKeys::scalar(&keys, d, s),
+                Store::Model(i) => {
+                    let l = &models[i].layers[layer];
+                    StoredKeys::encode(&keys, d, &l.books[h], l.transforms.as_ref().map(|t| (t, h)))
+                }
+            })
+            .collect();
+        for qh in h * group..(h + 1) * group {
+            let q = qkv[0].head(qh, query_heads, d)?;
+            for (li, &len) in lengths.iter().enumerate() {
+                for pos in len.saturating_sub(queries)..len {
+                    let query = &q[pos * d..(pos + 1) * d];
+                    let exact = exact_scores(query, &keys, d, pos + 1, base.scale);
+                    let reference = Reference::new(&exact, &values, d);
+                    for (r, row) in rows.iter().enumerate() {
+                        let window = match row.store {
+                            Store::Model(i) => {
+                                let own = models[i].layers[layer].window;
+                                KeyWindow {
+                                    sinks: own.sinks.max(row.window.sinks),
+                                    recent: own.recent.max(row.window.recent),
+                                }
+                            }
+                            Store::Scalar(_) => row.window,
+                        };
+                        let approx = stored[r].scores(query, &keys, d, pos, base.scale, window);
+                        out[r][li].add(&reference.compare(&approx, &values, d));
+                    }
+                }
+            }
         }
     }
+    Ok(out)
+}
 
-    // 4. Report.
-    let bytes = |s: &Scheme, t: f64| -> f64 {
-        match s {
-            Scheme::Lookat { subspaces } => {
-                let layer = CacheBytes {
-                    kv_heads: heads,
-                    head_dim: d,
-                    subspaces: *subspaces,
-                    centroids: K,
-                    value_elem_bytes: 4,
-                    window_tokens: 0,
-                };
-                n_layers as f64 * layer.keys_amortised_f64(t)
-            }
-            _ => (n_layers * heads) as f64 * s.key_bytes(d),
-        }
-    };
-    let mut md = String::new();
+fn report(
+    cli: &Cli,
+    base: &[LookatLayer],
+    rows: &[Row],
+    results: &[Vec<Vec<Metrics>>],
+    windows: usize,
+    start: Instant,
+) -> Result<()> {
+    let (n_layers, heads, query_heads, d) = (
+        base.len(),
+        base[0].heads(),
+        base[0].query_heads,
+        base[0].head_dim(),
+    );
     let mut js = String::from("{\n");
     writeln!(
         js,
         "  \"model\": {},",
         json_str(&cli.original.display().to_string())
     )?;
+    writeln!(js, "  \"layers\": {n_layers}, \"kv_heads\": {heads}, \"query_heads\": {query_heads}, \"head_dim\": {d},")?;
     writeln!(
         js,
-        "  \"layers\": {n_layers}, \"heads\": {heads}, \"head_dim\": {d}, \"centroids\": {K},"
+        "  \"windows\": {windows}, \"queries_per_window_and_length\": {}, \"key_window\": {{\"sinks\": {}, \"recent\": {}}},",
+        cli.queries, cli.sinks, cli.window
+    )?;
+    js.push_str("  \"rows\": [\n");
+    let mut json_rows = vec![];
+    let mut md = String::new();
+    writeln!(
+        md,
+        "Attention fidelity, all {n_layers} layers × {query_heads} query heads ({heads} kv heads), {windows} held-out windows, the last {} queries before each length; \"+ window\": the first {} and each query's {} most recent tokens scored exactly.\n",
+        cli.queries, cli.sinks, cli.window
     )?;
     writeln!(
-        js,
-        "  \"calib_tokens\": {}, \"calib_sha256\": {}, \"seed\": {},",
-        calib.len(),
-        json_str(&corpus_sha),
-        cli.seed
+        md,
+        "| keys | key B/token/kv head (codes) | length | cosine | KL | Spearman ρ | top-5 |"
     )?;
-    writeln!(
-        js,
-        "  \"queries_per_window\": {}, \"windows_per_domain\": {},",
-        cli.queries, cli.windows
-    )?;
-    writeln!(
-        js,
-        "  \"value_bytes_per_token\": {},",
-        n_layers * heads * d * 4
-    )?;
-    js.push_str("  \"attention\": [\n");
-    let mut rows = vec![];
-    for (si, s) in schemes.iter().enumerate() {
+    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|")?;
+    for (r, row) in rows.iter().enumerate() {
+        let mut per_length = vec![];
         for (li, &len) in cli.lengths.iter().enumerate() {
             let mut all = Metrics::default();
-            let per_layer: Vec<String> = results[si][li]
+            results[r][li].iter().for_each(|m| all.add(m));
+            let [c, k, rho, t] = all.mean();
+            let per_layer_kl: Vec<String> = results[r][li]
                 .iter()
-                .map(|m| {
-                    all.add(m);
-                    let [c, k, r, t] = m.mean();
-                    format!("[{c:.6}, {k:.6}, {r:.6}, {t:.6}]")
-                })
+                .map(|m| format!("{:.6}", m.mean()[1]))
                 .collect();
-            let [c, k, r, t] = all.mean();
-            rows.push(format!(
-                "    {{\"scheme\": {}, \"length\": {len}, \"cosine\": {c:.6}, \"kl\": {k:.6}, \"spearman\": {r:.6}, \"top5\": {t:.6}, \
-                 \"key_bytes_per_token\": {:.1}, \"key_bytes_per_token_T1024\": {:.1}, \"per_layer_cos_kl_rho_top5\": [{}]}}",
-                json_str(&s.name()),
-                bytes(s, f64::INFINITY),
-                bytes(s, 1024.0),
-                per_layer.join(", ")
+            per_length.push(format!(
+                "\"{len}\": {{\"cosine\": {c:.6}, \"kl\": {k:.6}, \"spearman\": {rho:.6}, \"top5\": {t:.6}, \"per_layer_kl\": [{}]}}",
+                per_layer_kl.join(", ")
             ));
+            writeln!(
+                md,
+                "| {} | {:.1} | {len} | {c:.4} | {k:.4} | {rho:.4} | {t:.3} |",
+                row.label, row.key_bytes
+            )?;
         }
+        json_rows.push(format!(
+            "    {{\"label\": {}, \"key_bytes\": {:.3}, \"window_tokens\": {}, \"metrics\": {{{}}}}}",
+            json_str(&row.label),
+            row.key_bytes,
+            row.window_tokens,
+            per_length.join(", ")
+        ));
     }
-    js.push_str(&rows.join(",\n"));
-    js.push_str("\n  ],\n  \"end_to_end\": [\n");
-    let e2e_rows: Vec<String> = e2e
-        .iter()
-        .map(|(m, dom, po, pl, a, k, n)| {
-            format!(
-                "    {{\"subspaces\": {m}, \"domain\": {}, \"tokens\": {n}, \"ppl_original\": {po:.4}, \"ppl_lookat\": {pl:.4}, \"top1_agreement\": {a:.6}, \"kl\": {k:.6}}}",
-                json_str(dom)
-            )
-        })
-        .collect();
-    js.push_str(&e2e_rows.join(",\n"));
+    js.push_str(&json_rows.join(",\n"));
     writeln!(
         js,
         "\n  ],\n  \"seconds\": {:.1}\n}}",
         start.elapsed().as_secs_f64()
     )?;
-    std::fs::write(cli.out.join("results.json"), &js)?;
-
-    writeln!(md, "Attention fidelity, all {n_layers} layers × {heads} heads, mean over {} held-out windows per length ({} domains) and the last {} queries of each window.\n", cli.windows * domains.len(), domains.len(), cli.queries)?;
-    writeln!(md, "| scheme | length | cosine | KL | Spearman ρ | top-5 | key B/token (all layers) | + codebooks at T=1024 |")?;
-    writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
-    for (si, s) in schemes.iter().enumerate() {
-        for (li, &len) in cli.lengths.iter().enumerate() {
-            let mut all = Metrics::default();
-            results[si][li].iter().for_each(|m| all.add(m));
-            let [c, k, r, t] = all.mean();
-            writeln!(
-                md,
-                "| {} | {len} | {c:.4} | {k:.4} | {r:.4} | {t:.3} | {:.0} | {:.0} |",
-                s.name(),
-                bytes(s, f64::INFINITY),
-                bytes(s, 1024.0)
-            )?;
-        }
-    }
-    writeln!(
-        md,
-        "\nfp32 keys: {} B/token (all layers); values (fp32, every scheme): {} B/token.\n",
-        n_layers * heads * d * 4,
-        n_layers * heads * d * 4
-    )?;
-    writeln!(md, "End to end (onnxruntime, teacher-forced decoding token by token through the cache, from an empty cache):\n")?;
-    writeln!(md, "| m | domain | tokens | perplexity original | perplexity LOOKAT | next-token top-1 agreement | mean KL (nats) |")?;
-    writeln!(md, "|---:|---|---:|---:|---:|---:|---:|")?;
-    for (m, dom, po, pl, a, k, n) in &e2e {
-        writeln!(
-            md,
-            "| {m} | {dom} | {n} | {po:.2} | {pl:.2} | {a:.4} | {k:.5} |"
-        )?;
-    }
-    std::fs::write(cli.out.join("results.md"), &md)?;
+    std::fs::create_dir_all(&cli.out)
+        .with_context(|| format!("cannot create '{}'", cli.out.display()))?;
+    lookat_onnx::io::write_atomic(&cli.out.join("results.json"), js.as_bytes())?;
+    lookat_onnx::io::write_atomic(&cli.out.join("results.md"), md.as_bytes())?;
     if !cli.quiet {
         print!("{md}");
         println!(
