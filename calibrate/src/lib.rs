@@ -60,6 +60,9 @@ pub struct CalibrateOptions {
     /// Mean codes bytes per key and kv head over the layers (`--budget`): each layer's number of
     /// subspaces chosen from its measured sensitivity, at most the rewritten model's.
     pub budget: Option<f64>,
+    /// With `budget`: the key window's bytes, amortised over this many tokens, count against it
+    /// (`--budget-length`).
+    pub budget_length: Option<usize>,
     /// Instead of k-means: a uniform symmetric grid per (kv head, dimension) — scalar INT8 / INT4
     /// per-channel quantization of the keys, run by the same op (needs m = D, K = 256 / 16).
     pub grid: Option<ScalarGrid>,
@@ -261,6 +264,9 @@ pub struct Summary {
     pub errors: Vec<HeadError>,
     /// With `--budget`: each layer's measured score error per candidate m.
     pub sensitivities: Option<Vec<budget::Sensitivity>>,
+    /// With `--budget`: the mean bytes of codes per key and kv head allowed (the budget less the
+    /// amortised key window under `--budget-length`).
+    pub codes_budget: Option<f64>,
 }
 
 pub fn progress_bar(quiet: bool, what: &str) -> indicatif::ProgressBar {
@@ -550,10 +556,15 @@ fn quantize(
     })
 }
 
-/// Fails before any work when `--budget` cannot be met or does not apply.
-fn check_budget(layers: &[LookatLayer], opts: &CalibrateOptions) -> Result<()> {
+/// The mean bytes of codes per key and kv head that `--budget` allows (with `--budget-length`,
+/// less the key window amortised over that many tokens); fails before any work when the budget
+/// cannot be met or does not apply.
+fn codes_budget(layers: &[LookatLayer], opts: &CalibrateOptions) -> Result<Option<f64>> {
     let Some(bytes) = opts.budget else {
-        return Ok(());
+        if opts.budget_length.is_some() {
+            bail!("--budget-length only applies with --budget");
+        }
+        return Ok(None);
     };
     if opts.grid.is_some() {
         bail!("--budget chooses the number of subspaces of k-means codebooks; it does not apply to --grid");
@@ -568,14 +579,34 @@ fn check_budget(layers: &[LookatLayer], opts: &CalibrateOptions) -> Result<()> {
             layers[0].node
         );
     }
+    let window = match opts.budget_length {
+        None => 0.0,
+        Some(0) => bail!("--budget-length must be at least 1 token"),
+        Some(t) => {
+            let heads: usize = layers.iter().map(|l| l.heads()).sum();
+            let window: usize = layers.iter().map(|l| l.cache_bytes().key_window()).sum();
+            window as f64 / heads as f64 / t as f64
+        }
+    };
+    let codes = bytes - window;
     let smallest = budget::candidates(max_m)[0];
-    if !bytes.is_finite() || bytes < smallest as f64 {
+    if !codes.is_finite() || codes < smallest as f64 {
+        let spent = if window > 0.0 {
+            format!(
+                " once the key window's {window:.2} B/token/kv head at --budget-length {} is taken \
+                 (a shorter --window or --sinks in the rewrite frees it)",
+                opts.budget_length.unwrap_or_default()
+            )
+        } else {
+            String::new()
+        };
         bail!(
-            "--budget {bytes} is below {smallest} B/key/head, the fewest subspaces a layer can have \
-             with this rewrite (--subspaces {max_m}, halved up to three times)"
+            "--budget {bytes} leaves {codes:.2} B/key/head for codes{spent}, below the fewest a \
+             layer can have with this rewrite, {smallest} B/key/head (--subspaces {max_m}, halved \
+             up to three times)"
         );
     }
-    Ok(())
+    Ok(Some(codes))
 }
 
 /// `--budget`: every layer calibrated at each candidate m, then each layer's m allocated from its
@@ -651,7 +682,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
     let layers = lookat_layers(&model)?;
     let original = io::load(&opts.original)?;
     collect::check_original(&original, &opts.original, &layers)?;
-    check_budget(&layers, opts)?;
+    let codes_budget = codes_budget(&layers, opts)?;
     let (tokens, corpus_sha256, tokenizer_name) = calibration_tokens(opts)?;
 
     let env = runtime::init(opts.ort_lib.as_deref())?;
@@ -699,7 +730,7 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
         .num_threads(opts.threads.max(1))
         .build()?;
     let moments = pool.install(|| query_moments(&layers, &collected.queries));
-    let (layers, quantized, sensitivities) = match opts.budget {
+    let (layers, quantized, sensitivities) = match codes_budget {
         Some(bytes) => {
             let (layers, q, s) =
                 quantize_under_budget(&layers, collected.keys, &moments, bytes, opts, &pool)?;
@@ -774,5 +805,6 @@ pub fn calibrate(opts: &CalibrateOptions) -> Result<Summary> {
         corpus_sha256,
         errors: quantized.errors.into_iter().flatten().collect(),
         sensitivities,
+        codes_budget,
     })
 }

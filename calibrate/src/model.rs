@@ -27,6 +27,9 @@ pub struct LookatLayer {
     pub transforms: Option<(String, String)>,
     /// The softmax scale (attribute `scale`, else 1/√D): score errors are measured in logits.
     pub scale: f64,
+    /// Bytes of one element of the node's value cache (4 float32, 2 float16), which the key
+    /// window shares.
+    pub value_elem_bytes: usize,
     /// The node's key-codes cache input and output, when it has a cache: their last dimension is m.
     pub codes_io: Vec<String>,
 }
@@ -40,14 +43,14 @@ impl LookatLayer {
         self.shape.head_dim()
     }
 
-    /// Cache bytes per token of this layer with values of `value_elem_bytes`.
-    pub fn cache_bytes(&self, value_elem_bytes: usize) -> lookat_contract::CacheBytes {
+    /// Cache bytes per token of this layer.
+    pub fn cache_bytes(&self) -> lookat_contract::CacheBytes {
         lookat_contract::CacheBytes {
             kv_heads: self.heads(),
             head_dim: self.head_dim(),
             subspaces: self.shape.subspaces,
             centroids: self.shape.centroids,
-            value_elem_bytes,
+            value_elem_bytes: self.value_elem_bytes,
             window_tokens: self.sinks + self.window,
         }
     }
@@ -127,9 +130,33 @@ pub fn lookat_layers(model: &ModelProto) -> Result<Vec<LookatLayer>> {
         .filter(|t| !t.is_empty())
         .cloned()
         .collect();
+        // The value cache's element type, as the graph declares its input or output.
+        let value_elem_bytes = [
+            n.output.get(output::PRESENT_VALUE),
+            n.input.get(input::PAST_VALUE),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|name| {
+            graph
+                .input
+                .iter()
+                .chain(&graph.output)
+                .chain(&graph.value_info)
+                .find(|v| &v.name == name)
+                .and_then(lookat_onnx::build::tensor_type)
+        })
+        .map_or(4, |t| {
+            if t.elem_type == DataType::FLOAT16 as i32 {
+                2
+            } else {
+                4
+            }
+        });
         layers.push(LookatLayer {
             node: n.name.clone(),
             scale,
+            value_elem_bytes,
             codes_io,
             query_tensor: query,
             key_tensor: key,

@@ -72,6 +72,7 @@ fn options(rewritten: &Path, output: PathBuf, threads: usize) -> CalibrateOption
         transform: lookat_calibrate::TransformKind::Fsa,
         grid: None,
         budget: None,
+        budget_length: None,
         keys_cache: None,
     }
 }
@@ -453,6 +454,43 @@ fn budget_chooses_m_per_layer() {
     assert!(
         err.contains("--budget 0.5")
             && err.contains("1 B/key/head")
+            && !err.contains("no-such-text"),
+        "{err}"
+    );
+
+    // --budget-length: the key window's bytes come out of the budget. 4 sinks + 60 recent
+    // float16 keys of 64 dimensions are 8 B per token and kv head at 1024 tokens.
+    let mut model = lookat_onnx::io::load(&root().join(FIXTURE)).unwrap();
+    let windowed = lookat_rewrite::Options {
+        subspaces: 4,
+        centroids: 64,
+        value_dtype: lookat_rewrite::ValueDtype::F16,
+        sinks: 4,
+        window: 60,
+        transforms: false,
+    };
+    lookat_rewrite::rewrite(&mut model, &windowed).unwrap();
+    let rw_window = dir.join("rewritten-window.onnx");
+    lookat_onnx::io::save(&model, &root().join("models/fixtures/trained"), &rw_window).unwrap();
+    let out = dir.join("budget-window.onnx");
+    let mut o = options(&rw_window, out.clone(), 2);
+    (o.budget, o.budget_length) = (Some(10.5), Some(1024));
+    let summary = calibrate(&o).unwrap();
+    assert_eq!(summary.codes_budget, Some(2.5));
+    let ms: Vec<i64> = declared_subspaces(&out).iter().map(|(m, _)| *m).collect();
+    assert!(ms.iter().sum::<i64>() as f64 / 2.0 <= 2.5, "{ms:?}");
+    // Without --budget-length the same budget is all codes: every layer keeps m = 4.
+    o.budget_length = None;
+    let summary = calibrate(&o).unwrap();
+    assert_eq!(summary.codes_budget, Some(10.5));
+    assert!(summary.layers.iter().all(|l| l.shape.subspaces == 4));
+    // A window that leaves too little for codes is named, before any work.
+    (o.budget, o.budget_length, o.output) = (Some(8.5), Some(1024), dir.join("never.onnx"));
+    o.texts = vec![dir.join("no-such-text.txt")];
+    let err = format!("{:#}", calibrate(&o).unwrap_err());
+    assert!(
+        err.contains("--budget 8.5 leaves 0.50")
+            && err.contains("key window's 8.00 B/token/kv head at --budget-length 1024")
             && !err.contains("no-such-text"),
         "{err}"
     );

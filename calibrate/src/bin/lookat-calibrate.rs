@@ -68,6 +68,12 @@ struct Cli {
     /// measured score error within the budget. Calibrates every candidate.
     #[arg(long, value_name = "BYTES")]
     budget: Option<f64>,
+    /// Count the full-precision key window in --budget: its bytes per sequence ((sinks + window)
+    /// keys per kv head, in the value cache's type), amortised over this many tokens, come out
+    /// of the budget before the codes are allocated, so --budget is the whole key cache per
+    /// token and kv head at that length.
+    #[arg(long, value_name = "TOKENS", requires = "budget")]
+    budget_length: Option<usize>,
     /// Keep the collected keys in this directory and reuse them when the original, tokens,
     /// window, reservoir and seed are the same (sweeps over m, K or transforms then share one
     /// set of forward passes; the codebooks are identical to an uncached run).
@@ -103,6 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         transform: cli.transform,
         grid: cli.grid,
         budget: cli.budget,
+        budget_length: cli.budget_length,
         keys_cache: cli.keys_cache,
     };
     let summary = calibrate(&opts)?;
@@ -147,12 +154,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|l| l.heads() * l.shape.subspaces)
                 .sum();
             println!(
-                "  mean codes per key and kv head: {:.2} B (budget {})",
+                "  mean codes per key and kv head: {:.2} B (codes budget {:.2})",
                 spent as f64 / heads as f64,
-                cli.budget.unwrap_or_default()
+                summary.codes_budget.unwrap_or_default()
             );
         }
-        let bytes: Vec<CacheBytes> = summary.layers.iter().map(|l| l.cache_bytes(4)).collect();
+        let bytes: Vec<CacheBytes> = summary.layers.iter().map(|l| l.cache_bytes()).collect();
         let key_fp32: usize = bytes.iter().map(CacheBytes::float_keys).sum();
         let codes: usize = bytes.iter().map(CacheBytes::key_codes).sum();
         println!("key cache bytes per token, all layers: fp32 {key_fp32}, codes {codes} (values unchanged)");
