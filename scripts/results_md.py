@@ -49,8 +49,8 @@ def table(rows, t):
 
 def attention_bytes(row, t):
     """Key bytes per token and kv head of an attention-level row at length t: codes (or scalar
-    keys) plus the full-precision key window (float32) amortised over t."""
-    return row["key_bytes"] + row["window_tokens"] * 64 * 4 / t
+    keys) plus the full-precision key window (float32, or the model's own type) amortised over t."""
+    return row["key_bytes"] + row.get("window_bytes", row["window_tokens"] * 64 * 4) / t
 
 
 def attention_table(att, t, lengths, lookat_only=False):

@@ -292,12 +292,12 @@ impl<'a> StoredKeys<'a> {
     }
 
     /// Scaled scores of query `q` at position `pos` over tokens `0..=pos`: the tokens `window`
-    /// keeps are scored exactly from `keys` (the full-precision keys), the others from what
-    /// this scheme stores.
+    /// keeps are scored exactly from `window_keys` (the keys as the window stores them), the
+    /// others from what this scheme stores.
     pub fn scores(
         &self,
         q: &[f32],
-        keys: &[f32],
+        window_keys: &[f32],
         d: usize,
         pos: usize,
         scale: f64,
@@ -330,7 +330,7 @@ impl<'a> StoredKeys<'a> {
         if window.tokens() > 0 {
             for (t, score) in s.iter_mut().enumerate() {
                 if window.is_exact(t, pos) {
-                    *score = dot(q, &keys[t * d..(t + 1) * d]) * scale;
+                    *score = dot(q, &window_keys[t * d..(t + 1) * d]) * scale;
                 }
             }
         }

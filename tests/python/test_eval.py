@@ -58,6 +58,7 @@ def test_measures_calibrated_models_with_their_levers(calibrated):
     assert set(rows) == {*scalars, *(s + " + window" for s in scalars), "PQ m=4 + fsa", "PQ m=4 + fsa + window", "all"}
     assert rows["PQ m=4 + fsa"]["key_bytes"] == 4 and rows["PQ m=4 + fsa"]["window_tokens"] == 0
     assert rows["PQ m=4 + fsa + window"]["window_tokens"] == 20 and rows["all"]["window_tokens"] == 256
+    assert rows["PQ m=4 + fsa + window"]["window_bytes"] == 20 * 64 * 4 and rows["all"]["window_bytes"] == 256 * 64 * 4
     assert rows["fp16"]["key_bytes"] == 128 and rows["int4 per-channel"]["key_bytes"] == 32
     for length in ("64", "256"):
         m = {label: r["metrics"][length] for label, r in rows.items()}

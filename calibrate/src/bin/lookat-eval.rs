@@ -5,8 +5,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use lookat_calibrate::collect::{check_original, Probe};
-use lookat_calibrate::eval::{exact_scores, KeyWindow, Metrics, Reference, Scheme, StoredKeys};
+use lookat_calibrate::collect::{check_original, ModelLimits, Probe};
+use lookat_calibrate::eval::{
+    exact_scores, scalar_roundtrip, KeyWindow, Metrics, Reference, Scheme, StoredKeys,
+};
 use lookat_calibrate::model::{lookat_layers, read_floats, LookatLayer};
 use lookat_calibrate::tokenizer::Tokenizer;
 use lookat_calibrate::{progress_bar, runtime};
@@ -101,6 +103,9 @@ struct CalibratedLayer {
 struct CalibratedModel {
     label: String,
     layers: Vec<CalibratedLayer>,
+    /// Bytes of one element of the model's key window (its value cache's type): 2 means its
+    /// window keys are float16, and they are scored so.
+    window_elem_bytes: usize,
 }
 
 impl CalibratedModel {
@@ -120,6 +125,7 @@ impl CalibratedModel {
                 base.len()
             );
         }
+        let base_value_bytes = layers[0].value_elem_bytes;
         let layers = layers
             .iter()
             .zip(base)
@@ -190,6 +196,7 @@ impl CalibratedModel {
         Ok(CalibratedModel {
             label: label.to_string(),
             layers,
+            window_elem_bytes: base_value_bytes,
         })
     }
 
@@ -208,6 +215,8 @@ struct Row {
     key_bytes: f64,
     /// Tokens kept in full precision per sequence (the model's own window, or `window`).
     window_tokens: usize,
+    /// Their bytes per sequence and kv head (float32 for `window`, the model's type for its own).
+    window_bytes: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -227,7 +236,15 @@ fn run(cli: &Cli) -> Result<()> {
     }
     let longest = *cli.lengths.iter().max().expect("nonempty");
     let base = original_layers(&cli.original)?;
-    check_original(&lookat_onnx::io::load(&cli.original)?, &cli.original, &base)?;
+    let original = lookat_onnx::io::load(&cli.original)?;
+    check_original(&original, &cli.original, &base)?;
+    let limits = ModelLimits::read(&original);
+    if let Some(positions) = limits.positions.filter(|&p| p < longest) {
+        bail!(
+            "--lengths {longest} exceeds the {positions} positions of the model '{}'",
+            cli.original.display()
+        );
+    }
     let models: Vec<CalibratedModel> = cli
         .models
         .iter()
@@ -242,6 +259,10 @@ fn run(cli: &Cli) -> Result<()> {
 
     let mut rows = vec![];
     let mut add = |label: String, store: Store, window: KeyWindow, key_bytes: f64, own: usize| {
+        let elem = match store {
+            Store::Model(i) if own > 0 => models[i].window_elem_bytes,
+            _ => 4,
+        };
         let window_tokens = own.max(window.tokens());
         rows.push(Row {
             label,
@@ -249,6 +270,7 @@ fn run(cli: &Cli) -> Result<()> {
             window,
             key_bytes,
             window_tokens,
+            window_bytes: window_tokens * d * elem,
         });
     };
     for s in SCALAR {
@@ -294,10 +316,7 @@ fn run(cli: &Cli) -> Result<()> {
         let text =
             std::fs::read_to_string(p).with_context(|| format!("cannot read '{}'", p.display()))?;
         let ids = tok.encode(&text)?;
-        let domain = p
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        limits.check(&cli.original, &ids, 0)?;
         for w in 0..cli.windows {
             let Some(window) = ids.get(w * longest..(w + 1) * longest) else {
                 bail!(
@@ -307,10 +326,12 @@ fn run(cli: &Cli) -> Result<()> {
                     cli.windows
                 );
             };
-            windows.push((domain.clone(), window.to_vec()));
+            windows.push(window.to_vec());
         }
     }
 
+    std::fs::create_dir_all(&cli.out)
+        .with_context(|| format!("cannot create '{}'", cli.out.display()))?;
     let env = runtime::init(None)?;
     let names: Vec<String> = base
         .iter()
@@ -330,7 +351,7 @@ fn run(cli: &Cli) -> Result<()> {
     let mut results = vec![vec![vec![Metrics::default(); n_layers]; cli.lengths.len()]; rows.len()];
     let bar = progress_bar(cli.quiet, "attention");
     bar.set_length(windows.len() as u64);
-    for (_, ids) in &windows {
+    for ids in &windows {
         let out = probe.run(ids, 1, longest)?;
         let per_layer: Vec<Vec<Vec<Metrics>>> = pool.install(|| {
             out.par_chunks_exact(3)
@@ -376,6 +397,16 @@ fn layer_metrics(
     let mut out = vec![vec![Metrics::default(); lengths.len()]; rows.len()];
     for h in 0..heads {
         let (keys, values) = (qkv[1].head(h, heads, d)?, qkv[2].head(h, heads, d)?);
+        // A float16 key window stores its keys rounded.
+        let keys_f16 = scalar_roundtrip(&keys, d, Scheme::Fp16);
+        let window_keys = |row: &Row| match row.store {
+            Store::Model(i)
+                if models[i].window_elem_bytes == 2 && row.window == KeyWindow::default() =>
+            {
+                &keys_f16
+            }
+            _ => &keys,
+        };
         // Each row's stored keys for this kv head, encoded once for every length and query.
         let stored: Vec<StoredKeys> = rows
             .iter()
@@ -405,7 +436,8 @@ fn layer_metrics(
                             }
                             Store::Scalar(_) => row.window,
                         };
-                        let approx = stored[r].scores(query, &keys, d, pos, base.scale, window);
+                        let approx =
+                            stored[r].scores(query, window_keys(row), d, pos, base.scale, window);
                         out[r][li].add(&reference.compare(&approx, &values, d));
                     }
                 }
@@ -475,10 +507,11 @@ fn report(
             )?;
         }
         json_rows.push(format!(
-            "    {{\"label\": {}, \"key_bytes\": {:.3}, \"window_tokens\": {}, \"metrics\": {{{}}}}}",
+            "    {{\"label\": {}, \"key_bytes\": {:.3}, \"window_tokens\": {}, \"window_bytes\": {}, \"metrics\": {{{}}}}}",
             json_str(&row.label),
             row.key_bytes,
             row.window_tokens,
+            row.window_bytes,
             per_length.join(", ")
         ));
     }
@@ -488,8 +521,6 @@ fn report(
         "\n  ],\n  \"seconds\": {:.1}\n}}",
         start.elapsed().as_secs_f64()
     )?;
-    std::fs::create_dir_all(&cli.out)
-        .with_context(|| format!("cannot create '{}'", cli.out.display()))?;
     lookat_onnx::io::write_atomic(&cli.out.join("results.json"), js.as_bytes())?;
     lookat_onnx::io::write_atomic(&cli.out.join("results.md"), md.as_bytes())?;
     if !cli.quiet {
