@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """End-to-end fidelity of LOOKAT on the real SmolLM2-135M (headline) and the trained GPT-2 fixture,
 against scalar INT8 / INT4 per-channel keys run by the same op, for each quality lever (key window,
-transforms, calibration volume): writes docs/results/results.json, docs/RESULTS.md's tables and the
-plots. A benchmark, not a test: `./scripts/results.sh` (about 30 minutes on the project's 2-core
-machine).
+transforms, per-layer m), then the same calibrated models at the level of attention (lookat-eval):
+writes docs/results/results.json, docs/RESULTS.md's tables and the plots. A benchmark, not a test:
+`./scripts/results.sh` (under 30 minutes on the project's 2-core machine). `--calib-sweep` instead
+measures calibration volume (16k / 64k / 256k tokens) and calibration window length into
+docs/results/calib_sweep.json (about 20 minutes), which the page shows too.
 
 Everything goes through the shipped tools and onnxruntime with the plugin: lookat-rewrite,
 lookat-calibrate (its own forward passes and k-means), then the calibrated model and the original
