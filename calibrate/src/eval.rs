@@ -209,11 +209,6 @@ impl Reference {
     }
 }
 
-/// Compares approximate scores with exact ones for one query over `T` visible tokens.
-pub fn compare(exact: &[f64], approx: &[f64], values: &[f32], d: usize) -> Metrics {
-    Reference::new(exact, values, d).compare(approx, values, d)
-}
-
 /// `scale · q·k_t` in f64 for the first `visible` keys of `[T, D]`.
 pub fn exact_scores(q: &[f32], keys: &[f32], d: usize, visible: usize, scale: f64) -> Vec<f64> {
     keys.chunks_exact(d)
@@ -341,6 +336,11 @@ impl<'a> StoredKeys<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Compares approximate scores with exact ones for one query over `T` visible tokens.
+    fn compare(exact: &[f64], approx: &[f64], values: &[f32], d: usize) -> Metrics {
+        Reference::new(exact, values, d).compare(approx, values, d)
+    }
 
     #[test]
     fn identical_scores_are_perfect() {

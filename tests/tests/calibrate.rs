@@ -25,24 +25,47 @@ fn rewritten(dir: &Path) -> PathBuf {
 }
 
 fn rewritten_with(dir: &Path, transforms: bool) -> PathBuf {
-    let original = require(root().join(FIXTURE), "fixture");
-    let mut model = lookat_onnx::io::load(&original).unwrap();
     let opts = lookat_rewrite::Options {
+        transforms,
+        ..rewrite_options()
+    };
+    let name = if transforms {
+        "rewritten-t.onnx"
+    } else {
+        "rewritten.onnx"
+    };
+    rewrite_fixture(dir, name, &opts)
+}
+
+/// m = 4, K = 64, float32 values, no window, no transforms.
+fn rewrite_options() -> lookat_rewrite::Options {
+    lookat_rewrite::Options {
         subspaces: 4,
         centroids: 64,
         value_dtype: lookat_rewrite::ValueDtype::F32,
         sinks: 0,
         window: 0,
-        transforms,
-    };
-    lookat_rewrite::rewrite(&mut model, &opts).unwrap();
-    let out = dir.join(if transforms {
-        "rewritten-t.onnx"
-    } else {
-        "rewritten.onnx"
-    });
+        transforms: false,
+    }
+}
+
+/// The fixture rewritten with `opts`, saved as `dir/name`.
+fn rewrite_fixture(dir: &Path, name: &str, opts: &lookat_rewrite::Options) -> PathBuf {
+    let original = require(root().join(FIXTURE), "fixture");
+    let mut model = lookat_onnx::io::load(&original).unwrap();
+    lookat_rewrite::rewrite(&mut model, opts).unwrap();
+    let out = dir.join(name);
     lookat_onnx::io::save(&model, original.parent().unwrap(), &out).unwrap();
     out
+}
+
+/// The error of a calibration that must fail before any work: its calibration text does not
+/// exist, so an error that names it came too late.
+fn error_before_work(dir: &Path, mut o: CalibrateOptions) -> String {
+    o.texts = vec![dir.join("no-such-text.txt")];
+    let err = format!("{:#}", calibrate(&o).unwrap_err());
+    assert!(!err.contains("no-such-text"), "{err}");
+    err
 }
 
 fn options(rewritten: &Path, output: PathBuf, threads: usize) -> CalibrateOptions {
@@ -167,11 +190,9 @@ fn unwritable_output_fails_before_any_work() {
     let rw = rewritten(&dir);
     let blocker = dir.join("a-file");
     std::fs::write(&blocker, b"not a directory").unwrap();
-    let mut o = options(&rw, blocker.join("cal.onnx"), 1);
-    o.texts = vec![dir.join("no-such-text.txt")];
-    let err = format!("{:#}", calibrate(&o).unwrap_err());
+    let err = error_before_work(&dir, options(&rw, blocker.join("cal.onnx"), 1));
     assert!(
-        err.contains("cal.onnx") && !err.contains("no-such-text"),
+        err.contains("cal.onnx"),
         "expected an error about the output first, got: {err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
@@ -449,29 +470,21 @@ fn budget_chooses_m_per_layer() {
     // Too small a budget: named, before the calibration text is read.
     let mut o = options(&rw, dir.join("never.onnx"), 1);
     o.budget = Some(0.5);
-    o.texts = vec![dir.join("no-such-text.txt")];
-    let err = format!("{:#}", calibrate(&o).unwrap_err());
+    let err = error_before_work(&dir, o);
     assert!(
-        err.contains("--budget 0.5")
-            && err.contains("1 B/key/head")
-            && !err.contains("no-such-text"),
+        err.contains("--budget 0.5") && err.contains("1 B/key/head"),
         "{err}"
     );
 
     // --budget-length: the key window's bytes come out of the budget. 4 sinks + 60 recent
     // float16 keys of 64 dimensions are 8 B per token and kv head at 1024 tokens.
-    let mut model = lookat_onnx::io::load(&root().join(FIXTURE)).unwrap();
     let windowed = lookat_rewrite::Options {
-        subspaces: 4,
-        centroids: 64,
         value_dtype: lookat_rewrite::ValueDtype::F16,
         sinks: 4,
         window: 60,
-        transforms: false,
+        ..rewrite_options()
     };
-    lookat_rewrite::rewrite(&mut model, &windowed).unwrap();
-    let rw_window = dir.join("rewritten-window.onnx");
-    lookat_onnx::io::save(&model, &root().join("models/fixtures/trained"), &rw_window).unwrap();
+    let rw_window = rewrite_fixture(&dir, "rewritten-window.onnx", &windowed);
     let out = dir.join("budget-window.onnx");
     let mut o = options(&rw_window, out.clone(), 2);
     (o.budget, o.budget_length) = (Some(10.5), Some(1024));
@@ -486,12 +499,10 @@ fn budget_chooses_m_per_layer() {
     assert!(summary.layers.iter().all(|l| l.shape.subspaces == 4));
     // A window that leaves too little for codes is named, before any work.
     (o.budget, o.budget_length, o.output) = (Some(8.5), Some(1024), dir.join("never.onnx"));
-    o.texts = vec![dir.join("no-such-text.txt")];
-    let err = format!("{:#}", calibrate(&o).unwrap_err());
+    let err = error_before_work(&dir, o);
     assert!(
         err.contains("--budget 8.5 leaves 0.50")
-            && err.contains("key window's 8.00 B/token/kv head at --budget-length 1024")
-            && !err.contains("no-such-text"),
+            && err.contains("key window's 8.00 B/token/kv head at --budget-length 1024"),
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();

@@ -76,8 +76,7 @@ fn main() -> ExitCode {
 
 /// The layers of the original as a rewrite sees them: which tensors hold each layer's queries,
 /// keys and values, its heads and its softmax scale.
-fn original_layers(original: &Path) -> Result<Vec<LookatLayer>> {
-    let mut model = lookat_onnx::io::load(original)?;
+fn original_layers(mut model: onnx_protobuf::ModelProto, path: &Path) -> Result<Vec<LookatLayer>> {
     let opts = lookat_rewrite::Options {
         subspaces: 1,
         centroids: 256,
@@ -87,7 +86,7 @@ fn original_layers(original: &Path) -> Result<Vec<LookatLayer>> {
         transforms: false,
     };
     lookat_rewrite::rewrite(&mut model, &opts)
-        .with_context(|| format!("cannot find the attention of '{}'", original.display()))?;
+        .with_context(|| format!("cannot find the attention of '{}'", path.display()))?;
     lookat_layers(&model)
 }
 
@@ -210,13 +209,15 @@ impl CalibratedModel {
 struct Row {
     label: String,
     store: Store,
-    /// Applied on top of a model's own window (a model that has one is measured with it only).
+    /// The window of a scheme or of a model without its own (a model that has one is measured
+    /// with it only).
     window: KeyWindow,
     key_bytes: f64,
     /// Tokens kept in full precision per sequence (the model's own window, or `window`).
     window_tokens: usize,
-    /// Their bytes per sequence and kv head (float32 for `window`, the model's type for its own).
-    window_bytes: usize,
+    /// Bytes of one of their elements: float32 for `window`, the model's type for its own (a
+    /// float16 window scores keys rounded to float16).
+    window_elem_bytes: usize,
 }
 
 #[derive(Clone, Copy)]
@@ -235,8 +236,8 @@ fn run(cli: &Cli) -> Result<()> {
         bail!("--lengths, --queries and --windows must be positive");
     }
     let longest = *cli.lengths.iter().max().expect("nonempty");
-    let base = original_layers(&cli.original)?;
     let original = lookat_onnx::io::load(&cli.original)?;
+    let base = original_layers(original.clone(), &cli.original)?;
     check_original(&original, &cli.original, &base)?;
     let limits = ModelLimits::read(&original);
     if let Some(positions) = limits.positions.filter(|&p| p < longest) {
@@ -259,18 +260,17 @@ fn run(cli: &Cli) -> Result<()> {
 
     let mut rows = vec![];
     let mut add = |label: String, store: Store, window: KeyWindow, key_bytes: f64, own: usize| {
-        let elem = match store {
+        let window_elem_bytes = match store {
             Store::Model(i) if own > 0 => models[i].window_elem_bytes,
             _ => 4,
         };
-        let window_tokens = own.max(window.tokens());
         rows.push(Row {
             label,
             store,
             window,
             key_bytes,
-            window_tokens,
-            window_bytes: window_tokens * d * elem,
+            window_tokens: own.max(window.tokens()),
+            window_elem_bytes,
         });
     };
     for s in SCALAR {
@@ -343,7 +343,7 @@ fn run(cli: &Cli) -> Result<()> {
             ]
         })
         .collect();
-    let mut probe = Probe::new(env, &cli.original, &names, cli.threads)?;
+    let mut probe = Probe::from_model(env, original, &cli.original, &names, cli.threads)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(cli.threads.max(1))
         .build()?;
@@ -395,17 +395,31 @@ fn layer_metrics(
     let (heads, query_heads, d) = (base.heads(), base.query_heads, base.head_dim());
     let group = query_heads / heads;
     let mut out = vec![vec![Metrics::default(); lengths.len()]; rows.len()];
+    // Each row's window in this layer: a model's own, else the row's.
+    let windows: Vec<KeyWindow> = rows
+        .iter()
+        .map(|row| match row.store {
+            Store::Model(i) if models[i].layers[layer].window.tokens() > 0 => {
+                models[i].layers[layer].window
+            }
+            _ => row.window,
+        })
+        .collect();
+    let any_f16_window = rows.iter().any(|r| r.window_elem_bytes == 2);
     for h in 0..heads {
         let (keys, values) = (qkv[1].head(h, heads, d)?, qkv[2].head(h, heads, d)?);
         // A float16 key window stores its keys rounded.
-        let keys_f16 = scalar_roundtrip(&keys, d, Scheme::Fp16);
-        let window_keys = |row: &Row| match row.store {
-            Store::Model(i)
-                if models[i].window_elem_bytes == 2 && row.window == KeyWindow::default() =>
-            {
+        let keys_f16 = if any_f16_window {
+            scalar_roundtrip(&keys, d, Scheme::Fp16)
+        } else {
+            vec![]
+        };
+        let window_keys = |row: &Row| {
+            if row.window_elem_bytes == 2 {
                 &keys_f16
+            } else {
+                &keys
             }
-            _ => &keys,
         };
         // Each row's stored keys for this kv head, encoded once for every length and query.
         let stored: Vec<StoredKeys> = rows
@@ -426,18 +440,14 @@ fn layer_metrics(
                     let exact = exact_scores(query, &keys, d, pos + 1, base.scale);
                     let reference = Reference::new(&exact, &values, d);
                     for (r, row) in rows.iter().enumerate() {
-                        let window = match row.store {
-                            Store::Model(i) => {
-                                let own = models[i].layers[layer].window;
-                                KeyWindow {
-                                    sinks: own.sinks.max(row.window.sinks),
-                                    recent: own.recent.max(row.window.recent),
-                                }
-                            }
-                            Store::Scalar(_) => row.window,
-                        };
-                        let approx =
-                            stored[r].scores(query, window_keys(row), d, pos, base.scale, window);
+                        let approx = stored[r].scores(
+                            query,
+                            window_keys(row),
+                            d,
+                            pos,
+                            base.scale,
+                            windows[r],
+                        );
                         out[r][li].add(&reference.compare(&approx, &values, d));
                     }
                 }
@@ -511,7 +521,7 @@ fn report(
             json_str(&row.label),
             row.key_bytes,
             row.window_tokens,
-            row.window_bytes,
+            row.window_tokens * d * row.window_elem_bytes,
             per_length.join(", ")
         ));
     }
