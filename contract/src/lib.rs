@@ -84,7 +84,11 @@ pub mod input {
     pub const KEY_TRANSFORM: usize = 8;
     /// `B` per kv head: tables are built from `q·B`; `B·Aᵀ = I`, so `(q·B)·(k·A) = q·k`.
     pub const QUERY_TRANSFORM: usize = 9;
-    pub const COUNT: usize = 10;
+    /// P, the valid tokens of a shared (max-length) cache buffer. Given: past and present cache
+    /// tensors are `[B, H_kv, C, ·]` capacity buffers, and a present bound to the past's memory
+    /// (IOBinding) is updated in place, without copying the past.
+    pub const PAST_SEQUENCE_LENGTH: usize = 10;
+    pub const COUNT: usize = 11;
 
     pub const PORTS: [Port; COUNT] = [
         port("query", Float32, false, "[B, S, H*D] or [B, H, S, D]"),
@@ -102,6 +106,7 @@ pub mod input {
         ),
         port("key_transform", Float32, true, "[H_kv, D, D]"),
         port("query_transform", Float32, true, "[H_kv, D, D]"),
+        port("past_sequence_length", Int64, true, "[] or [1]"),
     ];
 
     pub fn name(index: usize) -> &'static str {

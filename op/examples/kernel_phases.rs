@@ -70,6 +70,7 @@ fn call<V: ValueElem>(t: usize, s: usize, m: usize, books: &PreparedCodebooks, r
                 value: &v,
                 past_key_codes: &codes,
                 past_value: &past,
+                past_in_present: false,
                 attention_mask: None,
                 codebooks: raw,
                 prepared: Some(books),

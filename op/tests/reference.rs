@@ -111,6 +111,7 @@ fn make_data(c: Case, rng: &mut Rng) -> Data {
             } else {
                 Layout::TokenMajor
             },
+            capacity: None,
         },
         query: rng.vec(c.b * c.s * q_e, 1.5),
         key: rng.vec(c.b * c.s * kv_e, 1.5),
@@ -239,6 +240,7 @@ fn run_kernel<V: ValueElem>(
             value: &data.value,
             past_key_codes: &data.past_codes,
             past_value: &past_value,
+            past_in_present: false,
             attention_mask: data.mask.as_deref(),
             codebooks: &data.codebooks,
             prepared: None,
@@ -766,6 +768,225 @@ fn threaded_runs_equal_serial_runs_bit_for_bit() {
     }
 }
 
+/// Shared max-length buffers (capacity C > P + S, the valid length from `past_sequence_length`):
+/// appended into a separate present or in place (the present *is* the past buffer), the output
+/// and every valid cache row equal the compact call's bit for bit; a separate present's rows
+/// after P + S are zeros, an in-place present keeps whatever its tail held.
+#[test]
+fn shared_buffers_equal_compact_caches_bit_for_bit() {
+    let mut rng = Rng(0x5ba7ed);
+    let base = Case {
+        b: 2,
+        h: 3,
+        d: 16,
+        p: 40,
+        s: 1,
+        m: 4,
+        k: 256,
+        masked: true,
+        exact_current: false,
+        group: 3,
+        head_major: true,
+        sinks: 0,
+        window: 0,
+    };
+    let cases = [
+        (base, 1),
+        (
+            Case {
+                s: 5,
+                sinks: 2,
+                window: 8,
+                ..base
+            },
+            2,
+        ),
+        (
+            Case {
+                s: 3,
+                exact_current: true,
+                head_major: false,
+                group: 1,
+                masked: false,
+                ..base
+            },
+            3,
+        ),
+        (
+            Case {
+                p: 0,
+                s: 6,
+                k: 16,
+                ..base
+            },
+            2,
+        ),
+        (
+            Case {
+                s: 0,
+                sinks: 1,
+                window: 4,
+                ..base
+            },
+            1,
+        ),
+        // One long head on four workers: the split (flash-decoding) path.
+        (
+            Case {
+                b: 1,
+                h: 1,
+                p: 2100,
+                sinks: 4,
+                window: 64,
+                ..base
+            },
+            4,
+        ),
+    ];
+    for (c, threads) in cases {
+        check_shared::<f32>(c, &mut rng, &Threads(threads));
+        check_shared::<f16>(c, &mut rng, &Threads(threads));
+    }
+}
+
+fn check_shared<V: ValueElem>(c: Case, rng: &mut Rng, par: &dyn ParallelFor) {
+    let data = make_data(c, rng);
+    let opts = AttentionOptions {
+        scale: None,
+        exact_current: c.exact_current,
+        sinks: c.sinks,
+        window: c.window,
+    };
+    let compact = run_kernel::<V>(&data, &opts, par).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    let g = data.g;
+    let (p, t, m, d) = (g.past_tokens, g.total_tokens(), g.subspaces, g.head_dim);
+    let cap = t + 7;
+    let shared = Geometry {
+        capacity: Some(cap),
+        ..g
+    };
+    let blocks = g.batch * g.kv_heads;
+    // Capacity buffers: each block's P past rows, then rows a previous use left behind.
+    let (junk_code, junk_value) = (0xA5u8, V::from_f32(9.5));
+    let mut past_codes = vec![junk_code; blocks * cap * m];
+    let mut past_values = vec![junk_value; blocks * cap * d];
+    for bh in 0..blocks {
+        past_codes[bh * cap * m..][..p * m]
+            .copy_from_slice(&data.past_codes[bh * p * m..][..p * m]);
+        for (dst, &v) in past_values[bh * cap * d..][..p * d]
+            .iter_mut()
+            .zip(&data.past_value[bh * p * d..][..p * d])
+        {
+            *dst = V::from_f32(v);
+        }
+    }
+    let past_window = data.past_window::<V>();
+    let transforms = None;
+    for in_place in [false, true] {
+        let what = format!("{c:?} ({}, in place: {in_place})", V::NAME);
+        let mut output = vec![f32::NAN; compact.output.len()];
+        let mut window = vec![V::from_f32(f32::NAN); compact.window.len()];
+        let (mut codes, mut values) = if in_place {
+            (past_codes.clone(), past_values.clone())
+        } else {
+            (
+                vec![0xEE; past_codes.len()],
+                vec![V::from_f32(f32::NAN); past_values.len()],
+            )
+        };
+        lookat_attention(
+            &shared,
+            &opts,
+            &AttentionInputs {
+                query: &data.query,
+                key: &data.key,
+                value: &data.value,
+                past_key_codes: if in_place { &[] } else { &past_codes },
+                past_value: if in_place { &[] } else { &past_values },
+                past_in_present: in_place,
+                attention_mask: data.mask.as_deref(),
+                codebooks: &data.codebooks,
+                prepared: None,
+                past_key_window: &past_window,
+                transforms,
+            },
+            AttentionOutputs {
+                output: &mut output,
+                present_key_codes: &mut codes,
+                present_value: &mut values,
+                present_key_window: &mut window,
+            },
+            par,
+        )
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let value_bits = |v: &[V]| v.iter().map(|x| x.to_f32().to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&output), bits(&compact.output), "{what}: output");
+        assert_eq!(
+            value_bits(&window),
+            value_bits(&compact.window),
+            "{what}: window"
+        );
+        for bh in 0..blocks {
+            assert_eq!(
+                &codes[bh * cap * m..][..t * m],
+                &compact.codes[bh * t * m..][..t * m],
+                "{what}: codes of block {bh}"
+            );
+            assert_eq!(
+                value_bits(&values[bh * cap * d..][..t * d]),
+                value_bits(&compact.values[bh * t * d..][..t * d]),
+                "{what}: values of block {bh}"
+            );
+            let (tail_code, tail_value) = if in_place {
+                (junk_code, junk_value.to_f32())
+            } else {
+                (0, 0.0)
+            };
+            assert!(
+                codes[bh * cap * m..][t * m..cap * m]
+                    .iter()
+                    .all(|&x| x == tail_code),
+                "{what}: code tail of block {bh}"
+            );
+            assert!(
+                values[bh * cap * d..][t * d..cap * d]
+                    .iter()
+                    .all(|x| x.to_f32() == tail_value),
+                "{what}: value tail of block {bh}"
+            );
+        }
+    }
+}
+
+#[test]
+fn shared_buffer_length_is_checked() {
+    let shapes = |psl| lookat_op::kernels::ShapeInputs {
+        query: &[1, 2, 1, 8],
+        key: &[1, 1, 1, 8],
+        value: &[1, 1, 1, 8],
+        past_key_codes: &[1, 1, 4, 2],
+        past_value: &[1, 1, 4, 8],
+        attention_mask: None,
+        codebooks: &[1, 2, 16, 4],
+        past_sequence_length: Some(psl),
+    };
+    let g = Geometry::from_shapes(&shapes(3), 2, 1).expect("3 + 1 rows fit 4");
+    assert_eq!(
+        (g.past_tokens, g.capacity, g.present_rows()),
+        (3, Some(4), 4)
+    );
+    for bad in [4, -1, i64::MAX] {
+        let err = Geometry::from_shapes(&shapes(bad), 2, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("'past_sequence_length' is") && err.contains("<= 4"),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn codes_beyond_the_codebook_are_refused() {
     let mut rng = Rng(5);
@@ -1236,6 +1457,7 @@ fn run_with_window<V: ValueElem>(
             value: &data.value,
             past_key_codes: &data.past_codes,
             past_value: &past_value,
+            past_in_present: false,
             attention_mask: None,
             codebooks: &data.codebooks,
             prepared: None,

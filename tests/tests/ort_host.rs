@@ -95,6 +95,7 @@ fn decode_loop<
                 value: &v,
                 past_key_codes: &past_codes,
                 past_value: &past_values,
+                past_in_present: false,
                 attention_mask: Some(&mask),
                 codebooks: &codebooks,
                 prepared: None,

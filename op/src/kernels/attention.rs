@@ -65,10 +65,15 @@ pub struct AttentionInputs<'a, V> {
     pub key: &'a [f32],
     /// `[B, S, H_kv*D]` or `[B, H_kv, S, D]`
     pub value: &'a [f32],
-    /// `[B, H_kv, P, m]`
+    /// `[B, H_kv, P, m]`, or `[B, H_kv, C, m]` with a capacity ([`Geometry::capacity`]); empty
+    /// when `past_in_present`
     pub past_key_codes: &'a [u8],
-    /// `[B, H_kv, P, D]`
+    /// `[B, H_kv, P, D]`, or `[B, H_kv, C, D]` with a capacity; empty when `past_in_present`
     pub past_value: &'a [V],
+    /// Shared cache buffers only: the present codes and values already hold the P past rows (the
+    /// host bound one buffer as both past and present), so the call writes only rows
+    /// `P..P + S` and copies nothing.
+    pub past_in_present: bool,
     /// `[B, P+S]`, nonzero = attend
     pub attention_mask: Option<&'a [i64]>,
     /// `[H_kv, m, K, D/m]`
@@ -88,9 +93,9 @@ pub struct AttentionInputs<'a, V> {
 pub struct AttentionOutputs<'a, V> {
     /// `[B, S, H*D]`
     pub output: &'a mut [f32],
-    /// `[B, H_kv, P+S, m]`
+    /// `[B, H_kv, P+S, m]`, or `[B, H_kv, C, m]` with a capacity
     pub present_key_codes: &'a mut [u8],
-    /// `[B, H_kv, P+S, D]`
+    /// `[B, H_kv, P+S, D]`, or `[B, H_kv, C, D]` with a capacity
     pub present_value: &'a mut [V],
     /// `[B, H_kv, min(P+S, sinks + window), D]`; empty without a window.
     pub present_key_window: &'a mut [V],
@@ -150,15 +155,35 @@ pub fn lookat_attention<V: ValueElem>(
         )));
     }
     let t_n = g.total_tokens();
+    if g.present_rows() < t_n {
+        return Err(invalid(format!(
+            "the shared cache buffers hold {} rows, the call needs {t_n}",
+            g.present_rows()
+        )));
+    }
+    if inp.past_in_present && g.capacity.is_none() {
+        return Err(LookatError::Internal(
+            "past_in_present needs shared cache buffers (a capacity)".into(),
+        ));
+    }
     check_len("query", inp.query.len(), g.query_len())?;
     check_len("key", inp.key.len(), g.kv_len())?;
     check_len("value", inp.value.len(), g.kv_len())?;
+    let past_rows = if inp.past_in_present {
+        0
+    } else {
+        g.past_rows()
+    };
     check_len(
         "past_key_codes",
         inp.past_key_codes.len(),
-        b_n * h_n * p_n * m,
+        b_n * h_n * past_rows * m,
     )?;
-    check_len("past_value", inp.past_value.len(), b_n * h_n * p_n * d)?;
+    check_len(
+        "past_value",
+        inp.past_value.len(),
+        b_n * h_n * past_rows * d,
+    )?;
     if let Some(mask) = inp.attention_mask {
         check_len("attention_mask", mask.len(), b_n * t_n)?;
     }
@@ -167,14 +192,14 @@ pub fn lookat_attention<V: ValueElem>(
     check_len(
         "present_key_codes",
         out.present_key_codes.len(),
-        b_n * h_n * t_n * m,
+        b_n * h_n * g.present_rows() * m,
     )?;
     check_len(
         "present_value",
         out.present_value.len(),
-        b_n * h_n * t_n * d,
+        b_n * h_n * g.present_rows() * d,
     )?;
-    let (past_rows, present_rows) = if opts.windowed() {
+    let (past_window_rows, present_window_rows) = if opts.windowed() {
         (
             window::rows(p_n, opts.sinks, opts.window),
             window::rows(t_n, opts.sinks, opts.window),
@@ -185,20 +210,33 @@ pub fn lookat_attention<V: ValueElem>(
     check_len(
         "past_key_window",
         inp.past_key_window.len(),
-        b_n * h_n * past_rows * d,
+        b_n * h_n * past_window_rows * d,
     )?;
     check_len(
         "present_key_window",
         out.present_key_window.len(),
-        b_n * h_n * present_rows * d,
+        b_n * h_n * present_window_rows * d,
     )?;
     if k < 256 {
-        if let Some(pos) = inp.past_key_codes.iter().position(|&c| c as usize >= k) {
-            let (bh, rest) = (pos / (p_n * m), pos % (p_n * m));
+        // Only the P valid rows of each block are codes (a shared buffer's tail is not read).
+        let past = if inp.past_in_present {
+            &*out.present_key_codes
+        } else {
+            inp.past_key_codes
+        };
+        let rows = g.past_rows();
+        let bad = (0..b_n * h_n).find_map(|bh| {
+            let block = &past[bh * rows * m..][..p_n * m];
+            block
+                .iter()
+                .position(|&c| c as usize >= k)
+                .map(|pos| (bh, pos, block[pos]))
+        });
+        if let Some((bh, rest, code)) = bad {
             return Err(invalid(format!(
                 "input 'past_key_codes' holds code {} at [batch {}, kv head {}, token {}, subspace {}], \
                  but the codebooks have only {k} centroids",
-                inp.past_key_codes[pos],
+                code,
                 bh / h_n,
                 bh % h_n,
                 rest / m,
@@ -246,9 +284,12 @@ pub fn lookat_attention<V: ValueElem>(
     if s_n == 0 {
         par.run(tasks, &|bh| {
             // SAFETY: task bh alone owns the [b, h] block of the present tensors.
-            let (codes, values) = unsafe { call.present(bh, 0..t_n) };
-            codes.copy_from_slice(call.past_codes(bh));
-            values.copy_from_slice(call.past_values(bh));
+            let (codes, values) = unsafe { call.present(bh, 0..p_n) };
+            if !inp.past_in_present {
+                codes.copy_from_slice(call.past_codes(bh));
+                values.copy_from_slice(call.past_values(bh));
+            }
+            call.clear_tail(bh);
             call.write_window(bh);
         });
         return Ok(());
@@ -368,14 +409,29 @@ impl<V: ValueElem> Call<'_, V> {
         &source[self.g.kv_row(b, kv, s)..][..self.g.head_dim]
     }
 
+    /// The P past codes of task `bh` in the past input (not with `past_in_present`).
     fn past_codes(&self, bh: usize) -> &[u8] {
         let (p, m) = (self.g.past_tokens, self.g.subspaces);
-        &self.inp.past_key_codes[bh * p * m..][..p * m]
+        &self.inp.past_key_codes[bh * self.g.past_rows() * m..][..p * m]
     }
 
+    /// The P past values of task `bh` in the past input (not with `past_in_present`).
     fn past_values(&self, bh: usize) -> &[V] {
         let (p, d) = (self.g.past_tokens, self.g.head_dim);
-        &self.inp.past_value[bh * p * d..][..p * d]
+        &self.inp.past_value[bh * self.g.past_rows() * d..][..p * d]
+    }
+
+    /// A shared buffer that is not the past's own memory gets zeros after the P + S valid rows,
+    /// so that its content does not depend on what the allocator left there.
+    fn clear_tail(&self, bh: usize) {
+        if self.inp.past_in_present || self.g.capacity.is_none() {
+            return;
+        }
+        let (t_n, rows) = (self.g.total_tokens(), self.g.present_rows());
+        // SAFETY: rows T.. of the [b, kv head] block belong to task bh, which calls this once.
+        let (codes, values) = unsafe { self.present(bh, t_n..rows) };
+        codes.fill(0);
+        values.fill(V::from_f32(0.0));
     }
 
     /// The full-precision key of token `t` of task `bh`, as the window stores it (rounded to the
@@ -432,13 +488,13 @@ impl<V: ValueElem> Call<'_, V> {
     /// No other live slice may overlap these rows.
     #[allow(clippy::mut_from_ref)]
     unsafe fn present(&self, bh: usize, tokens: Range<usize>) -> (&mut [u8], &mut [V]) {
-        let (t_n, m, d) = (self.g.total_tokens(), self.g.subspaces, self.g.head_dim);
+        let (rows, m, d) = (self.g.present_rows(), self.g.subspaces, self.g.head_dim);
         let n = tokens.len();
-        // SAFETY: inside the [B, H_kv, T, ·] buffers; exclusivity guaranteed by the caller.
+        // SAFETY: inside the [B, H_kv, rows, ·] buffers; exclusivity guaranteed by the caller.
         unsafe {
             (
-                self.codes_out.slice((bh * t_n + tokens.start) * m, n * m),
-                self.values_out.slice((bh * t_n + tokens.start) * d, n * d),
+                self.codes_out.slice((bh * rows + tokens.start) * m, n * m),
+                self.values_out.slice((bh * rows + tokens.start) * d, n * d),
             )
         }
     }
@@ -485,6 +541,7 @@ impl<V: ValueElem> Call<'_, V> {
                 *dst = V::from_f32(v);
             }
         }
+        self.clear_tail(bh);
         self.write_window(bh);
     }
 
@@ -575,7 +632,14 @@ impl<V: ValueElem> Call<'_, V> {
             g.head_dim,
         );
         let base = tokens.start;
-        let (past_codes, past_values) = (self.past_codes(bh), self.past_values(bh));
+        // With `past_in_present` every row is read from the present block (nothing to copy).
+        let separate = !self.inp.past_in_present;
+        let copy_past = copy_past && separate;
+        let (past_codes, past_values): (&[u8], &[V]) = if separate {
+            (self.past_codes(bh), self.past_values(bh))
+        } else {
+            (&[], &[])
+        };
         let mask = self
             .inp
             .attention_mask
@@ -589,7 +653,12 @@ impl<V: ValueElem> Call<'_, V> {
         let mut exact_key = vec![0.0f32; if self.windowed { d } else { 0 }];
         for start in tokens.clone().step_by(block_len) {
             let end = (start + block_len).min(tokens.end);
-            let past_end = end.min(p_n).max(start);
+            // Rows start..past_end come from the past input, the rest from the present block.
+            let past_end = if separate {
+                end.min(p_n).max(start)
+            } else {
+                start
+            };
             if copy_past && start < past_end {
                 codes[(start - base) * m..(past_end - base) * m]
                     .copy_from_slice(&past_codes[start * m..past_end * m]);

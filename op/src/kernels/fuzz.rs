@@ -97,6 +97,13 @@ pub fn fuzz_attention(data: &[u8]) -> bool {
         kv_heads
     };
     let with_mask = b.byte() % 2 == 0;
+    // Shared max-length buffers now and then (the past rows then being the capacity), appended
+    // in place or into a separate present; the valid length may not fit.
+    let shared = b.byte() % 3;
+    let past_sequence_length = (shared > 0).then(|| b.small(8).min(past + 1));
+    if let Some(p) = past_sequence_length {
+        mask[1] = p + new - (mask[1] != past + new) as i64;
+    }
     let shapes = ShapeInputs {
         query: &q,
         key: &k,
@@ -105,6 +112,7 @@ pub fn fuzz_attention(data: &[u8]) -> bool {
         past_value: &pv,
         attention_mask: with_mask.then_some(mask.as_slice()),
         codebooks: &cb,
+        past_sequence_length,
     };
     let Ok(g) = Geometry::from_shapes(&shapes, heads, num_kv_heads) else {
         return false;
@@ -150,8 +158,16 @@ pub fn fuzz_attention(data: &[u8]) -> bool {
         .collect();
     let mut present_key_window =
         vec![0f32; g.batch * g.kv_heads * rows(t) * g.head_dim + skew * (b.byte() % 2) as usize];
-    let mut codes = vec![0u8; g.batch * g.kv_heads * t * g.subspaces];
-    let mut values = vec![0f32; g.batch * g.kv_heads * t * g.head_dim];
+    let cache_rows = g.batch * g.kv_heads * g.present_rows();
+    let in_place = shared == 2;
+    let (mut codes, mut values) = if in_place {
+        (past_key_codes.clone(), past_value.clone())
+    } else {
+        (
+            vec![0u8; cache_rows * g.subspaces],
+            vec![0f32; cache_rows * g.head_dim],
+        )
+    };
     lookat_attention(
         &g,
         &opts,
@@ -159,8 +175,9 @@ pub fn fuzz_attention(data: &[u8]) -> bool {
             query: &query,
             key: &key,
             value: &value,
-            past_key_codes: &past_key_codes,
-            past_value: &past_value,
+            past_key_codes: if in_place { &[] } else { &past_key_codes },
+            past_value: if in_place { &[] } else { &past_value },
+            past_in_present: in_place,
             attention_mask: with_mask.then_some(attention_mask.as_slice()),
             codebooks: &codebooks,
             prepared: None,

@@ -55,6 +55,10 @@ pub struct Geometry {
     pub centroids: usize,
     /// Layout of the query, key and value inputs.
     pub layout: Layout,
+    /// C, rows per (batch row, kv head) of a shared (max-length) cache buffer: past and present
+    /// tensors are then `[B, H_kv, C, ·]` and hold P, respectively P + S, valid rows. `None`:
+    /// compact caches, `[B, H_kv, P, ·]` in and `[B, H_kv, P + S, ·]` out.
+    pub capacity: Option<usize>,
 }
 
 /// The shapes of the inputs, as ONNX Runtime reports them.
@@ -67,6 +71,8 @@ pub struct ShapeInputs<'a> {
     pub past_value: &'a [i64],
     pub attention_mask: Option<&'a [i64]>,
     pub codebooks: &'a [i64],
+    /// The value of input `past_sequence_length`, when given (shared cache buffers).
+    pub past_sequence_length: Option<i64>,
 }
 
 /// Largest element count of any one tensor the op agrees to produce or scan (2^40).
@@ -117,6 +123,7 @@ impl Geometry {
             subspaces,
             centroids,
             layout: Layout::TokenMajor,
+            capacity: None,
         }
     }
 
@@ -134,6 +141,14 @@ impl Geometry {
     /// T = P + S: tokens in the present cache.
     pub fn total_tokens(&self) -> usize {
         self.past_tokens + self.new_tokens
+    }
+    /// Rows per (batch row, kv head) of the present cache tensors: C, or P + S.
+    pub fn present_rows(&self) -> usize {
+        self.capacity.unwrap_or(self.total_tokens())
+    }
+    /// Rows per (batch row, kv head) of the past cache tensors: C, or P.
+    pub fn past_rows(&self) -> usize {
+        self.capacity.unwrap_or(self.past_tokens)
     }
     /// Elements of the query input.
     pub fn query_len(&self) -> usize {
@@ -280,7 +295,7 @@ impl Geometry {
                 s.past_key_codes
             )));
         }
-        let past_tokens = pc[2];
+        let rows = pc[2];
         let pv = dims(
             "past_value",
             s.past_value,
@@ -293,12 +308,29 @@ impl Geometry {
                 s.past_value
             )));
         }
-        if pv[2] != past_tokens {
+        if pv[2] != rows {
             return Err(invalid(format!(
-                "inputs 'past_key_codes' and 'past_value' hold different past lengths ({past_tokens} vs {})",
+                "inputs 'past_key_codes' and 'past_value' hold different past lengths ({rows} vs {})",
                 pv[2]
             )));
         }
+        let (past_tokens, capacity) = match s.past_sequence_length {
+            None => (rows, None),
+            Some(p) => {
+                let fits = usize::try_from(p)
+                    .ok()
+                    .filter(|&p| p.checked_add(new_tokens).is_some_and(|t| t <= rows));
+                let p = fits.ok_or_else(|| {
+                    invalid(format!(
+                        "input 'past_sequence_length' is {p}: with {new_tokens} new tokens the \
+                         shared cache buffers (past_key_codes shape {:?}) must hold \
+                         past_sequence_length + new_tokens <= {rows} rows, past_sequence_length >= 0",
+                        s.past_key_codes
+                    ))
+                })?;
+                (p, Some(rows))
+            }
+        };
         let total = past_tokens
             .checked_add(new_tokens)
             .ok_or_else(|| invalid("past_tokens + new_tokens overflows"))?;
@@ -325,10 +357,14 @@ impl Geometry {
             subspaces,
             centroids,
             layout,
+            capacity,
         };
         // Present tensors and the output must be addressable too.
         for (name, shape) in [
-            ("present_value", [batch, kv_heads, total, head_dim]),
+            (
+                "present_value",
+                [batch, kv_heads, g.present_rows(), head_dim],
+            ),
             ("output", [batch, new_tokens, heads, head_dim]),
         ] {
             dims(name, &shape.map(|d| d as i64), 4, "")?;

@@ -397,6 +397,25 @@ impl LookatKernel {
         let past_window = optional(input::PAST_KEY_WINDOW)?;
         let key_transform = optional(input::KEY_TRANSFORM)?;
         let query_transform = optional(input::QUERY_TRANSFORM)?;
+        let past_sequence_length = match optional(input::PAST_SEQUENCE_LENGTH)? {
+            None => None,
+            Some((v, info)) => {
+                expect_type("past_sequence_length", &info, INT64).map_err(invalid)?;
+                if info.count() != 1 || info.shape.len() > 1 {
+                    return Err(invalid(format!(
+                        "input 'past_sequence_length' must be a scalar or shape [1], got shape {:?}",
+                        info.shape
+                    )));
+                }
+                if past_codes.0.is_null() {
+                    return Err(invalid(
+                        "input 'past_sequence_length' needs the shared cache buffers 'past_key_codes' and 'past_value'".into(),
+                    ));
+                }
+                // SAFETY: an int64 tensor of one element.
+                Some(unsafe { input_slice::<i64>(api, &(v, info)) }?[0])
+            }
+        };
         let per_call_transforms;
         let transforms = match (&key_transform, &query_transform, &self.transforms) {
             (None, None, _) => None,
@@ -451,6 +470,7 @@ impl LookatKernel {
                 past_value: &past_value.1.shape,
                 attention_mask: mask.as_ref().map(|(_, t)| t.shape.as_slice()),
                 codebooks: &codebooks.1.shape,
+                past_sequence_length,
             },
             self.num_heads,
             self.num_kv_heads,
@@ -492,7 +512,7 @@ impl LookatKernel {
                 },
             ),
         };
-        let t_n = g.total_tokens() as i64;
+        let t_n = g.present_rows() as i64;
         let window_rows = if windowed {
             window::rows(g.total_tokens(), sinks, window) as i64
         } else {
@@ -530,8 +550,17 @@ impl LookatKernel {
             }
         }
 
+        // SAFETY: the values are valid tensors of the types checked above.
+        let past_in_present = unsafe {
+            self.past_in_present(
+                &g,
+                [&past_codes, &past_value],
+                [out_values[1], out_values[2]],
+            )
+        }?;
         let pool = OrtPool::new(api, ctx);
         let tensors = CallTensors {
+            past_in_present,
             query,
             key,
             value,
@@ -558,6 +587,8 @@ impl LookatKernel {
 
 /// The tensors of one call, checked and allocated.
 struct CallTensors {
+    /// The present cache outputs are the past inputs' own memory (shared buffers).
+    past_in_present: bool,
     query: (*const OrtValue, TensorInfo),
     key: (*const OrtValue, TensorInfo),
     value: (*const OrtValue, TensorInfo),
@@ -573,6 +604,67 @@ struct CallTensors {
 }
 
 impl LookatKernel {
+    /// Whether the present codes and values are the past inputs' own buffers — what a host gets
+    /// by binding one max-length buffer as both (IOBinding): the call then appends in place.
+    /// Both or neither must be shared, and no other overlap is allowed: the kernels read the
+    /// past while they write the present.
+    ///
+    /// # Safety
+    /// `past` must be valid input tensors (or null with their shapes) and `present` the output
+    /// tensors just allocated for them, with the checked element types.
+    unsafe fn past_in_present(
+        &self,
+        g: &Geometry,
+        past: [&(*const OrtValue, TensorInfo); 2],
+        present: [*mut OrtValue; 2],
+    ) -> Result<bool, LookatError> {
+        let elem_bytes = [1, if self.value_type == FLOAT { 4 } else { 2 }];
+        let mut shared = [false; 2];
+        for i in 0..2 {
+            let (input, info) = past[i];
+            let rows = g.batch * g.kv_heads * g.present_rows();
+            let (in_count, out_count) = (info.count(), rows * [g.subspaces, g.head_dim][i]);
+            if input.is_null() || in_count == 0 || out_count == 0 {
+                continue;
+            }
+            // SAFETY: valid tensors of these element counts (caller); bytes are only compared.
+            let (a, b) = unsafe {
+                (
+                    self.api.tensor_data::<u8>(*input, in_count),
+                    self.api.tensor_data::<u8>(present[i], out_count),
+                )
+            };
+            let (a, b) = (
+                a.map_err(LookatError::Internal)? as usize,
+                b.map_err(LookatError::Internal)? as usize,
+            );
+            let (in_len, out_len) = (in_count * elem_bytes[i], out_count * elem_bytes[i]);
+            shared[i] = a == b && in_len == out_len;
+            if !shared[i] && a < b + out_len && b < a + in_len {
+                return Err(LookatError::InvalidArgument(format!(
+                    "output '{}' overlaps input '{}' without being the same buffer",
+                    output::name([output::PRESENT_KEY_CODES, output::PRESENT_VALUE][i]),
+                    input::name([input::PAST_KEY_CODES, input::PAST_VALUE][i]),
+                )));
+            }
+        }
+        if shared[0] != shared[1] {
+            return Err(LookatError::InvalidArgument(
+                "bind both 'past_key_codes'/'present_key_codes' and 'past_value'/'present_value' \
+                 to one buffer each, or neither: only one pair shares its buffer"
+                    .into(),
+            ));
+        }
+        if shared[0] && g.capacity.is_none() {
+            return Err(LookatError::InvalidArgument(
+                "the present cache outputs share the past inputs' buffers: that needs input \
+                 'past_sequence_length' (shared max-length buffers)"
+                    .into(),
+            ));
+        }
+        Ok(shared[0])
+    }
+
     /// Runs the kernels with the value cache read and written as `V`.
     ///
     /// # Safety
@@ -600,8 +692,17 @@ impl LookatKernel {
                     query: input_slice(api, &t.query)?,
                     key: input_slice(api, &t.key)?,
                     value: input_slice(api, &t.value)?,
-                    past_key_codes: input_slice(api, &t.past_codes)?,
-                    past_value: input_slice::<V>(api, &t.past_value)?,
+                    past_key_codes: if t.past_in_present {
+                        &[]
+                    } else {
+                        input_slice(api, &t.past_codes)?
+                    },
+                    past_value: if t.past_in_present {
+                        &[]
+                    } else {
+                        input_slice::<V>(api, &t.past_value)?
+                    },
+                    past_in_present: t.past_in_present,
                     attention_mask,
                     codebooks: input_slice(api, &t.codebooks)?,
                     prepared: Some(prepared),

@@ -13,7 +13,7 @@ use ort_sys::{
     OrtSessionOptions, OrtStatusPtr,
 };
 
-use lookat_contract::{input, output};
+use lookat_contract::{input, output, Elem};
 
 use super::api::Api;
 use super::kernel::LookatKernel;
@@ -73,51 +73,47 @@ unsafe extern "system" fn input_count(_: *const OrtCustomOp) -> usize {
 unsafe extern "system" fn output_count(_: *const OrtCustomOp) -> usize {
     output::COUNT
 }
+/// The ORT element type of a contract port (`T_V` is this registration's value type).
+fn port_type(op: *const OrtCustomOp, elem: Elem) -> ONNXTensorElementDataType {
+    match elem {
+        Elem::Float32 => FLOAT,
+        Elem::Float16 => FLOAT16,
+        Elem::Uint8 => UINT8,
+        Elem::Int64 => INT64,
+        // SAFETY: ORT calls back with the op pointer we registered.
+        Elem::ValueCache => unsafe { this(op) }.value_type,
+    }
+}
+fn characteristic(optional: bool) -> OrtCustomOpInputOutputCharacteristic {
+    if optional {
+        OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+    } else {
+        OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED
+    }
+}
 unsafe extern "system" fn input_type(
     op: *const OrtCustomOp,
     i: usize,
 ) -> ONNXTensorElementDataType {
-    match i {
-        input::PAST_KEY_CODES => UINT8,
-        // SAFETY: ORT calls back with the op pointer we registered.
-        input::PAST_VALUE | input::PAST_KEY_WINDOW => unsafe { this(op) }.value_type,
-        input::ATTENTION_MASK => INT64,
-        _ => FLOAT,
-    }
+    port_type(op, input::PORTS[i.min(input::COUNT - 1)].elem)
 }
 unsafe extern "system" fn output_type(
     op: *const OrtCustomOp,
     i: usize,
 ) -> ONNXTensorElementDataType {
-    match i {
-        output::PRESENT_KEY_CODES => UINT8,
-        // SAFETY: as above.
-        output::PRESENT_VALUE | output::PRESENT_KEY_WINDOW => unsafe { this(op) }.value_type,
-        _ => FLOAT,
-    }
+    port_type(op, output::PORTS[i.min(output::COUNT - 1)].elem)
 }
 unsafe extern "system" fn input_characteristic(
     _: *const OrtCustomOp,
     i: usize,
 ) -> OrtCustomOpInputOutputCharacteristic {
-    match i {
-        input::PAST_KEY_CODES
-        | input::PAST_VALUE
-        | input::ATTENTION_MASK
-        | input::PAST_KEY_WINDOW
-        | input::KEY_TRANSFORM
-        | input::QUERY_TRANSFORM => OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL,
-        _ => OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED,
-    }
+    characteristic(input::PORTS[i.min(input::COUNT - 1)].optional)
 }
 unsafe extern "system" fn output_characteristic(
     _: *const OrtCustomOp,
     i: usize,
 ) -> OrtCustomOpInputOutputCharacteristic {
-    match i {
-        output::PRESENT_KEY_WINDOW => OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL,
-        _ => OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED,
-    }
+    characteristic(output::PORTS[i.min(output::COUNT - 1)].optional)
 }
 unsafe extern "system" fn input_memory_type(_: *const OrtCustomOp, _: usize) -> OrtMemType {
     // ORT 1.31 dereferences this callback unconditionally: it must be filled.
