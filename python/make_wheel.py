@@ -93,7 +93,7 @@ def main():
                         and [t.id for t in n.targets] == ["ENTRY_POINTS"])
 
     # (path in the wheel, bytes, executable)
-    files = [(f"lookat/{n}", (here / "lookat" / n).read_bytes(), False) for n in ("__init__.py", "_cli.py")]
+    files = [(f"lookat/{n}", (here / "lookat" / n).read_bytes(), False) for n in ("__init__.py", "_cli.py", "decode.py")]
     files.append(("lookat/_version.py", (f'__version__ = "{version}"\n'
                                          f'# The oldest onnxruntime the plugin supports (contract/contract.json).\n'
                                          f'MIN_ONNXRUNTIME = "{min_ort}"\n').encode(), False))

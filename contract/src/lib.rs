@@ -267,6 +267,12 @@ pub mod naming {
         )
     }
 
+    /// The graph input a model rewritten for shared (max-length) cache buffers takes: P, the
+    /// tokens already in the buffers (int64 scalar), fed to every node's input 10.
+    pub const PAST_SEQUENCE_LENGTH: &str = "past_sequence_length";
+    /// The symbolic length of shared cache buffers in a rewritten model's I/O.
+    pub const MAX_SEQUENCE_LENGTH: &str = "max_sequence_length";
+
     /// The codebooks initializer of the `layer`-th LookatAttention node.
     pub fn codebooks_name(layer: usize) -> String {
         format!("{CODEBOOKS_PREFIX}{layer}")
@@ -506,6 +512,7 @@ pub fn json() -> String {
          \"min_ort_api_version\": {MIN_ORT_API_VERSION},\n  \"min_onnxruntime\": {},\n  \
          \"max_centroids\": {MAX_CENTROIDS},\n  \"inputs\": {},\n  \"outputs\": {},\n  \
          \"attributes\": [\n{}\n  ],\n  \"codes_suffix\": {},\n  \"window_suffix\": {},\n  \"codebooks_prefix\": {},\n  \
+         \"past_sequence_length_input\": {},\n  \"max_sequence_length_dim\": {},\n  \
          \"codebooks_layout\": \"[heads, subspaces, centroids, sub_dim], row-major\",\n  \
          \"key_window_rows\": \"tokens [0, min(n, sinks)) then [max(sinks, n - window), n) of a cache of n tokens\",\n  \
          \"cache_bytes_per_token\": {{\"key_codes\": \"kv_heads * subspaces\", \"values\": \"value_elem_bytes * kv_heads * head_dim\", \"float_keys\": \"4 * kv_heads * head_dim\", \"codebooks_per_layer\": \"4 * kv_heads * centroids * head_dim\", \"key_window_per_sequence\": \"value_elem_bytes * kv_heads * head_dim * (sinks + window)\"}},\n  \
@@ -519,6 +526,8 @@ pub fn json() -> String {
         json_str(naming::CODES_SUFFIX),
         json_str(naming::WINDOW_SUFFIX),
         json_str(naming::CODEBOOKS_PREFIX),
+        json_str(naming::PAST_SEQUENCE_LENGTH),
+        json_str(naming::MAX_SEQUENCE_LENGTH),
     )
 }
 

@@ -38,6 +38,7 @@ pub fn fuzz_rewrite(data: &[u8]) -> bool {
         sinks: (first % 3) as usize,
         window: [0, 1, 16][(first as usize / 3) % 3],
         transforms: first % 5 == 0,
+        shared_cache: first % 4 == 1,
     };
     let ok = rewrite(&mut model, &opts).is_ok();
     ok && model.write_to_bytes().is_ok()

@@ -49,6 +49,11 @@ struct Cli {
     /// NaN until lookat-calibrate chooses them, e.g. a query-whitened PCA rotation).
     #[arg(long)]
     transform: bool,
+    /// Shared max-length cache buffers: the cache I/O gets `max_sequence_length` rows and the
+    /// model a `past_sequence_length` input (int64 scalar, the valid rows); a host that binds
+    /// one buffer as both past and present (IOBinding) decodes without copying the cache.
+    #[arg(long)]
+    shared_cache: bool,
     /// Print, for every candidate that did not match, which pattern failed and why.
     #[arg(long)]
     explain: bool,
@@ -94,6 +99,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         sinks: cli.sinks,
         window: cli.window,
         transforms: cli.transform,
+        shared_cache: cli.shared_cache,
     };
     let report = rewrite(&mut model, &opts)?;
     let input_dir = cli

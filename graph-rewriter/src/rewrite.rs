@@ -56,6 +56,10 @@ pub struct Options {
     pub window: usize,
     /// Give every node key/query transform inputs (NaN until lookat-calibrate chooses them).
     pub transforms: bool,
+    /// Shared max-length cache buffers: the cache I/O becomes `[B, H_kv, max_sequence_length, ·]`
+    /// and a `past_sequence_length` input says how many rows are valid; a host that binds one
+    /// buffer as both past and present (IOBinding) decodes without copying the cache.
+    pub shared_cache: bool,
 }
 
 impl Options {
@@ -231,7 +235,7 @@ pub fn plan_block(layer: usize, b: &AttentionBlock, opts: &Options) -> Result<La
         None if opts.windowed() => (String::new(), format!("lookat.{layer}.present_key_window")),
         None => (String::new(), String::new()),
     };
-    let mut inputs = vec![String::new(); input::QUERY_TRANSFORM + 1];
+    let mut inputs = vec![String::new(); input::COUNT];
     inputs[input::QUERY] = b.query.clone();
     inputs[input::KEY] = b.key.clone();
     inputs[input::VALUE] = b.value.clone();
@@ -240,6 +244,15 @@ pub fn plan_block(layer: usize, b: &AttentionBlock, opts: &Options) -> Result<La
     inputs[input::ATTENTION_MASK] = b.mask.clone().unwrap_or_default();
     inputs[input::CODEBOOKS] = books;
     inputs[input::PAST_KEY_WINDOW] = past_window;
+    if opts.shared_cache {
+        if cache.is_none() {
+            bail!(
+                "shared cache buffers need a model with cache I/O; the attention at '{}' has none",
+                b.anchor
+            );
+        }
+        inputs[input::PAST_SEQUENCE_LENGTH] = naming::PAST_SEQUENCE_LENGTH.into();
+    }
     if opts.transforms {
         let (key_t, query_t) = naming::transform_names(layer);
         for name in [&key_t, &query_t] {
@@ -505,11 +518,38 @@ pub fn rewrite(model: &mut ModelProto, opts: &Options) -> Result<Report> {
     let graph = model.graph.mut_or_insert_default();
     let nodes_before = graph.node.len();
     let mut cache_io = vec![];
+    if opts.shared_cache {
+        // The nodes read it from the first patch on (shared_cache_io does the rest).
+        let psl = naming::PAST_SEQUENCE_LENGTH;
+        if graph.input.iter().any(|vi| vi.name == psl) {
+            bail!("the model already has an input named '{psl}'");
+        }
+        graph.input.push(value_info(psl, DataType::INT64, &[]));
+    }
     for (layer, (b, plan)) in blocks.iter().zip(&plans).enumerate() {
         cache_io.extend(apply_plan(graph, plan, opts.value_dtype)?);
         remove_dead(graph);
         check_consistency(graph)
             .with_context(|| format!("after rewriting attention block {layer} ('{}')", b.anchor))?;
+    }
+    if opts.shared_cache {
+        shared_cache_io(graph, &plans)?;
+        for change in cache_io.iter_mut() {
+            let io = if change.direction == "input" {
+                &graph.input
+            } else {
+                &graph.output
+            };
+            if let Some(vi) = io.iter().find(|vi| vi.name == change.name) {
+                change.dims = dims_text(vi);
+            }
+        }
+        cache_io.push(CacheIoChange {
+            name: naming::PAST_SEQUENCE_LENGTH.into(),
+            direction: "input",
+            elem: elem_name(DataType::INT64),
+            dims: "[] (valid rows of the shared buffers)".into(),
+        });
     }
     let old_past_keys: Vec<(String, String)> = plans
         .iter()
@@ -548,6 +588,120 @@ pub fn rewrite(model: &mut ModelProto, opts: &Options) -> Result<Report> {
         layers: plans.iter().map(|p| p.bytes).collect(),
         blocks,
     })
+}
+
+/// Shared cache buffers: the graph takes `past_sequence_length`, the cache I/O (codes and values)
+/// has `max_sequence_length` rows, and whatever read the past length from a past tensor's shape
+/// now reads it from `past_sequence_length`: each `Shape` of an old past key or of a past value
+/// becomes a slice of `[batch, heads, past_sequence_length, D]`, built from the new tensor's
+/// shape. The key window keeps its own (small, copied) I/O.
+fn shared_cache_io(graph: &mut GraphProto, plans: &[LayerPlan]) -> Result<()> {
+    use onnx_protobuf::tensor_shape_proto::dimension::Value;
+    let psl = naming::PAST_SEQUENCE_LENGTH;
+    let psl_1d = "lookat.shared.past_sequence_length_1d";
+    graph
+        .initializer
+        .push(int64_tensor("lookat.shared.one_dim", &[1], &[1]));
+    graph.node.push(node(
+        "lookat_shared_psl_1d",
+        "",
+        "Reshape",
+        &[psl, "lookat.shared.one_dim"],
+        &[psl_1d],
+        vec![],
+    ));
+    let set_rows = |vi: &mut onnx_protobuf::ValueInfoProto| {
+        if let Some(shape) = tensor_type_mut(vi).and_then(|t| t.shape.as_mut()) {
+            if let Some(d) = shape.dim.get_mut(2) {
+                d.value = Some(Value::DimParam(naming::MAX_SEQUENCE_LENGTH.into()));
+            }
+        }
+    };
+    let mut reads = vec![]; // (old tensor, tensor whose shape gives batch and heads, D)
+    for plan in plans {
+        let Some(c) = &plan.cache else { continue };
+        for vi in graph.input.iter_mut().chain(graph.output.iter_mut()) {
+            if [
+                &c.past_codes,
+                &c.past_value,
+                &c.present_codes,
+                &c.present_value,
+            ]
+            .contains(&&vi.name)
+            {
+                set_rows(vi);
+            }
+        }
+        let d = plan.bytes.head_dim as i64;
+        reads.push((c.past_key.clone(), c.past_codes.clone(), d));
+        reads.push((c.past_value.clone(), c.past_value.clone(), d));
+    }
+    for (i, (old, new, d)) in reads.iter().enumerate() {
+        // What reads a past value besides the op and shape arithmetic would see the whole buffer.
+        if old == new {
+            if let Some(n) = graph.node.iter().find(|n| {
+                n.input.contains(old)
+                    && !is_op(n, "Shape")
+                    && !(n.domain == DOMAIN && n.op_type == OP_NAME)
+            }) {
+                bail!(
+                    "node {} '{}' reads the past value '{old}' in a way shared cache buffers \
+                     cannot serve (it would see max_sequence_length rows)",
+                    n.op_type,
+                    n.name
+                );
+            }
+        }
+        let shape_nodes: Vec<usize> = (0..graph.node.len())
+            .filter(|&n| is_op(&graph.node[n], "Shape") && graph.node[n].input[0] == *old)
+            .collect();
+        for (j, &n) in shape_nodes.iter().enumerate() {
+            let shape_node = graph.node[n].clone();
+            let prefix = format!("lookat.shared.{i}.{j}");
+            let (start, end) = (
+                attr_int(&shape_node, "start").unwrap_or(0),
+                attr_int(&shape_node, "end").unwrap_or(i64::MAX),
+            );
+            graph.initializer.extend([
+                int64_tensor(&format!("{prefix}.head_dim"), &[1], &[*d]),
+                int64_tensor(&format!("{prefix}.zero"), &[1], &[0]),
+                int64_tensor(&format!("{prefix}.two"), &[1], &[2]),
+                int64_tensor(&format!("{prefix}.start"), &[1], &[start]),
+                int64_tensor(&format!("{prefix}.end"), &[1], &[end]),
+            ]);
+            let t = |s: &str| format!("{prefix}.{s}");
+            let new_nodes = [
+                node(&t("shape"), "", "Shape", &[new], &[&t("shape")], vec![]),
+                node(
+                    &t("batch_heads"),
+                    "",
+                    "Slice",
+                    &[&t("shape"), &t("zero"), &t("two")],
+                    &[&t("batch_heads")],
+                    vec![],
+                ),
+                node(
+                    &t("virtual"),
+                    "",
+                    "Concat",
+                    &[&t("batch_heads"), psl_1d, &t("head_dim")],
+                    &[&t("virtual")],
+                    vec![int_attribute("axis", 0)],
+                ),
+                node(
+                    &shape_node.name,
+                    "",
+                    "Slice",
+                    &[&t("virtual"), &t("start"), &t("end")],
+                    &[&shape_node.output[0]],
+                    vec![],
+                ),
+            ];
+            graph.node[n] = new_nodes[3].clone();
+            graph.node.extend(new_nodes[..3].iter().cloned());
+        }
+    }
+    Ok(())
 }
 
 /// After the rewrite, an old float key input may still be read by shape arithmetic (its batch,
@@ -612,6 +766,7 @@ mod tests {
                 sinks: 0,
                 window: 0,
                 transforms: false,
+                shared_cache: false,
             },
         )
         .unwrap_err();

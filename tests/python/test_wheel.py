@@ -261,10 +261,14 @@ def test_python_api_in_the_fresh_venv(pipeline, venv):
     work, env, _ = pipeline
     out = run([venv / "bin" / "python", "-c", """
 import json, lookat, onnxruntime as ort
+from lookat.decode import CacheDecoder
 s = ort.InferenceSession("cal.onnx", lookat.session_options())
-print(json.dumps([lookat.__version__, lookat.MIN_ONNXRUNTIME, lookat.get_library_path(), len(s.get_inputs())]))
+logits = CacheDecoder(s, max_length=8).step([1, 2, 3])
+print(json.dumps([lookat.__version__, lookat.MIN_ONNXRUNTIME, lookat.get_library_path(), len(s.get_inputs()),
+                  list(logits.shape)]))
 """], cwd=work, env=env)
-    version, min_ort, lib, inputs = json.loads(out)
+    version, min_ort, lib, inputs, logits_shape = json.loads(out)
+    assert logits_shape[:2] == [1, 3]
     site = next((venv / "lib").glob("python3*/site-packages"))
     assert (version, min_ort, lib) == (VERSION, MIN_ORT, str(site / "lookat" / "liblookat_op.so"))
     assert inputs > 1

@@ -46,6 +46,7 @@ fn rewrite_options() -> lookat_rewrite::Options {
         sinks: 0,
         window: 0,
         transforms: false,
+        shared_cache: false,
     }
 }
 

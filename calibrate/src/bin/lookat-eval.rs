@@ -84,6 +84,7 @@ fn original_layers(mut model: onnx_protobuf::ModelProto, path: &Path) -> Result<
         sinks: 0,
         window: 0,
         transforms: false,
+        shared_cache: false,
     };
     lookat_rewrite::rewrite(&mut model, &opts)
         .with_context(|| format!("cannot find the attention of '{}'", path.display()))?;

@@ -1,0 +1,170 @@
+"""Shared max-length cache buffers (lookat-rewrite --shared-cache): the host binds one buffer as
+both past and present through IOBinding (python/lookat/decode.py's CacheDecoder) and
+LookatAttention appends in place. Token-by-token decoding must equal, bit for bit, the copying
+mode of the same model (a rewrite without --shared-cache, same codebooks), and so must the
+fallback without IOBinding (plain session.run, the op copying the past into a fresh present)."""
+
+import importlib.util
+import subprocess
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from lookat_testlib import CONTRACT, ROOT, codes_name, session, tool
+
+PSL = CONTRACT["past_sequence_length_input"]
+MAX_ROWS = CONTRACT["max_sequence_length_dim"]
+
+_spec = importlib.util.spec_from_file_location("lookat_decode", ROOT / "python" / "lookat" / "decode.py")
+decode = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(decode)
+
+CASES = {
+    # GPT-2 (multi-head, [B, S, H·D] inputs, legacy and dynamo exports), float32 values.
+    "gpt2-ts17": ("models/fixtures/trained/ts17-eager-kv.onnx", ["--subspaces", "8"]),
+    "gpt2-dyn18-f16-window": (
+        "models/fixtures/trained/dyn18-eager-kv.onnx",
+        ["--subspaces", "4", "--value-dtype", "f16", "--sinks", "2", "--window", "8"],
+    ),
+    # Llama family (RoPE, grouped-query attention), with transforms and a key window.
+    "llama-dyn23-gqa": (
+        "models/fixtures/tiny/tiny_llama_l2_q4_kv2_d16/dyn23-sdpagqa-kv.onnx",
+        ["--subspaces", "4", "--transform", "--sinks", "1", "--window", "4"],
+    ),
+    "llama-optimum": ("models/fixtures/tiny/tiny_llama_l2_q4_kv2_d16/optimum18-sdpa-kv.onnx", ["--subspaces", "2"]),
+    "smollm2-ts17": ("models/fixtures/smollm2/ts17-sdpa-kv.onnx", ["--subspaces", "16", "--value-dtype", "f16"]),
+}
+
+
+def filled(path, seed=0):
+    """The rewritten model with seeded random codebooks and identity transforms (the comparison
+    needs equal models, not good ones)."""
+    model = onnx.load(str(path))
+    rng = np.random.default_rng(seed)
+    for init in model.graph.initializer:
+        if init.name.startswith(CONTRACT["codebooks_prefix"]):
+            shape = tuple(init.dims)
+            init.CopyFrom(numpy_helper.from_array(rng.normal(0, 1, shape).astype(np.float32), init.name))
+        elif init.name.startswith("lookat.key_transform.") or init.name.startswith("lookat.query_transform."):
+            heads, d, _ = init.dims
+            eye = np.broadcast_to(np.eye(d, dtype=np.float32), (heads, d, d)).copy()
+            init.CopyFrom(numpy_helper.from_array(eye, init.name))
+    return model
+
+
+def rewrite(src, args, out, shared):
+    cmd = [str(tool("lookat-rewrite")), str(ROOT / src), "-o", str(out), *args] + (["--shared-cache"] if shared else [])
+    subprocess.run(cmd, check=True, capture_output=True)
+    return filled(out)
+
+
+def prompt_and_steps(vocab, n_prompt=6, n_steps=12, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, vocab, n_prompt), rng.integers(0, vocab, n_steps)
+
+
+def plain_shared_run(sess, prompt, steps, max_length):
+    """The fallback without IOBinding: capacity arrays in, fresh presents out, fed back."""
+    inputs = {i.name: i for i in sess.get_inputs()}
+    dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+    past = {}
+    for name, i in inputs.items():
+        if name.startswith("past_key_values."):
+            rows = max_length if i.shape[2] == MAX_ROWS else 0
+            past[name] = np.zeros((1, i.shape[1], rows, i.shape[3]), dtypes[i.type])
+    names = [o.name for o in sess.get_outputs()]
+    length, logits = 0, []
+    for ids in [prompt] + [[t] for t in steps]:
+        s = len(ids)
+        feeds = {"input_ids": np.array([ids], np.int64), PSL: np.array(length, np.int64), **past}
+        if "attention_mask" in inputs:
+            feeds["attention_mask"] = np.ones((1, length + s), np.int64)
+        if "position_ids" in inputs:
+            feeds["position_ids"] = np.arange(length, length + s, dtype=np.int64)[None]
+        outs = dict(zip(names, sess.run(None, feeds)))
+        logits.append(outs["logits"][0])
+        for name in past:
+            past[name] = outs[name.replace("past_key_values.", "present.", 1)]
+        length += s
+    return logits, past
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_shared_buffers_decode_equals_the_copying_mode_bit_for_bit(case, tmp_path):
+    src, args = CASES[case]
+    if not (ROOT / src).is_file():
+        raise FileNotFoundError(f"{src} is missing: run scripts/setup.sh")
+    copying = rewrite(src, args, tmp_path / "copy.onnx", shared=False)
+    shared = rewrite(src, args, tmp_path / "shared.onnx", shared=True)
+    onnx.checker.check_model(shared, full_check=True)
+    ins = {i.name: i for i in shared.graph.input}
+    assert ins[PSL].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    codes = [n for n in ins if n.endswith(CONTRACT["codes_suffix"])]
+    assert codes and all(ins[n].type.tensor_type.shape.dim[2].dim_param == MAX_ROWS for n in codes)
+
+    vocab = [d.dim_value for d in copying.graph.output[0].type.tensor_type.shape.dim][-1]
+    prompt, steps = prompt_and_steps(vocab)
+    max_length = len(prompt) + len(steps) + 5
+    runs = {}
+    for name, model in [("copying", copying), ("shared", shared)]:
+        dec = decode.CacheDecoder(session(model), max_length=max_length)
+        assert dec.shared == (name == "shared")
+        logits = [dec.step(prompt)[0]] + [dec.step([t])[0] for t in steps]
+        runs[name] = (dec, logits)
+    (copy_dec, copy_logits), (shared_dec, shared_logits) = runs["copying"], runs["shared"]
+    for i, (a, b) in enumerate(zip(copy_logits, shared_logits)):
+        assert np.array_equal(a, b), f"{case}: logits of call {i} differ (max |Δ| {np.abs(a - b).max():.3e})"
+
+    # The op wrote into the host's own buffers (no hidden copy): their valid rows are the copying
+    # mode's final cache, the rows after them still the zeros the decoder allocated.
+    length = len(prompt) + len(steps)
+    assert shared_dec.buffers, "no shared buffer was bound"
+    for name, buffer in shared_dec.buffers.items():
+        final = copy_dec.past[name].numpy()
+        assert np.array_equal(buffer[:, :, :length], final), name
+        assert not buffer[:, :, length:].any(), name
+    assert any(codes_name(n) in shared_dec.buffers for n in [c[: -len(CONTRACT["codes_suffix"])] for c in codes])
+    assert shared_dec.cache_bytes() == copy_dec.cache_bytes()
+
+    plain_logits, plain_past = plain_shared_run(session(shared), prompt, steps, max_length)
+    for i, (a, b) in enumerate(zip(copy_logits, plain_logits)):
+        assert np.array_equal(a, b), f"{case}: plain-run logits of call {i} differ"
+    for name, value in plain_past.items():
+        if name in shared_dec.buffers:
+            assert not value[:, :, length:].any(), f"{name}: a separate present's tail must be zeros"
+
+
+def test_shared_buffer_errors_name_the_input(tmp_path):
+    src, args = CASES["gpt2-ts17"]
+    sess = session(rewrite(src, args, tmp_path / "shared.onnx", shared=True))
+    dec = decode.CacheDecoder(sess, max_length=8)
+    dec.step([1, 2, 3, 4, 5, 6])
+    with pytest.raises(ValueError, match="exceed max_length=8"):
+        dec.step([1, 2, 3])
+    # Past the buffers' end, straight through onnxruntime.
+    inputs = {i.name: i for i in sess.get_inputs()}
+    feeds = {"input_ids": np.array([[1, 2]], np.int64), PSL: np.array(7, np.int64)}
+    for name, i in inputs.items():
+        if name.startswith("past_key_values."):
+            dtype = np.uint8 if name.endswith(CONTRACT["codes_suffix"]) else np.float32
+            feeds[name] = np.zeros((1, i.shape[1], 8, i.shape[3]), dtype)
+    if "attention_mask" in inputs:
+        feeds["attention_mask"] = np.ones((1, 9), np.int64)
+    if "position_ids" in inputs:
+        feeds["position_ids"] = np.array([[7, 8]], np.int64)
+    with pytest.raises(Exception, match="past_sequence_length' is 7"):
+        sess.run(None, feeds)
+    with pytest.raises(ValueError, match="needs max_length"):
+        decode.CacheDecoder(sess)
+
+
+def test_rewrite_refuses_shared_buffers_without_cache_io(tmp_path):
+    src = "models/fixtures/trained/ts17-eager-nokv.onnx"
+    proc = subprocess.run(
+        [str(tool("lookat-rewrite")), str(ROOT / src), "-o", str(tmp_path / "x.onnx"), "--subspaces", "8", "--shared-cache"],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 1 and "shared cache buffers need a model with cache I/O" in proc.stderr, proc.stderr
+    assert not (tmp_path / "x.onnx").exists()
