@@ -1,13 +1,21 @@
-//! Token-by-token decoding through a GPT-2 export's cache I/O (`past_key_values.*` in,
-//! `present.*` out), for any cache element type (float32/float16 values, uint8 key codes).
-//! Exports without a cache are run on the whole sequence at every step.
+//! Token-by-token decoding through an export's cache I/O (`past_key_values.*` in, `present.*`
+//! out), for any cache element type (float32/float16 values, uint8 key codes). Exports without a
+//! cache are run on the whole sequence at every step.
+//!
+//! A model rewritten with shared cache buffers (`lookat-rewrite --shared-cache`: an input
+//! `past_sequence_length`, cache I/O of `max_sequence_length` rows) is driven through an
+//! IOBinding: one buffer per code/value cache tensor, bound as both the past input and the
+//! present output, so LookatAttention appends each step in place and nothing is copied.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
+use lookat_contract::naming;
+use ort::memory::{Allocator, MemoryInfo};
+use ort::session::IoBinding;
 use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, Tensor, TensorElementType};
+use ort::value::{DynTensor, DynValue, Tensor, TensorElementType};
 
 pub struct Decoder {
     session: Session,
@@ -16,6 +24,21 @@ pub struct Decoder {
     other_inputs: Vec<String>,
     past: HashMap<String, DynValue>,
     history: Vec<i64>,
+    shared: Option<SharedBuffers>,
+}
+
+/// The IOBinding of a shared-buffer model and its buffers (`max_length` rows each).
+struct SharedBuffers {
+    binding: IoBinding,
+    max_length: usize,
+    /// Cache inputs bound once to their buffer (as past and present); the others (key windows)
+    /// are rebound from the previous step's outputs.
+    buffered: Vec<String>,
+    buffers: Vec<DynTensor>,
+}
+
+fn present_name(past: &str) -> String {
+    past.replacen("past_key_values.", "present.", 1)
 }
 
 fn empty_cache(ty: TensorElementType, dims: &[i64]) -> Result<DynValue> {
@@ -31,11 +54,21 @@ fn empty_cache(ty: TensorElementType, dims: &[i64]) -> Result<DynValue> {
 }
 
 impl Decoder {
+    /// A decoder for `session`; a model with shared cache buffers needs [`Decoder::with_max_length`].
     pub fn new(session: Session) -> Result<Decoder> {
+        Decoder::with_max_length(session, None)
+    }
+
+    /// A decoder whose sequences hold at most `max_length` tokens: the size of the shared
+    /// buffers of a model that has them (required there), ignored otherwise.
+    pub fn with_max_length(session: Session, max_length: Option<usize>) -> Result<Decoder> {
         let mut cache_inputs = vec![];
         let mut other_inputs = vec![];
+        let mut shared_rows = false;
         for o in session.inputs() {
-            if o.name().starts_with("past_key_values.") {
+            if o.name() == naming::PAST_SEQUENCE_LENGTH {
+                shared_rows = true;
+            } else if o.name().starts_with("past_key_values.") {
                 let dims = o
                     .dtype()
                     .tensor_shape()
@@ -53,12 +86,39 @@ impl Decoder {
                 other_inputs.push(o.name().to_string());
             }
         }
+        let shared = match (shared_rows, max_length) {
+            (false, _) => None,
+            (true, None) => bail!(
+                "the model has shared cache buffers (input '{}'): give the decoder a maximum length",
+                naming::PAST_SEQUENCE_LENGTH
+            ),
+            (true, Some(max_length)) => {
+                // Code and value caches have max_sequence_length rows (symbolic: -1 here); the
+                // key windows grow with the sequence, named 'past_window'.
+                let buffered: Vec<String> = session
+                    .inputs()
+                    .iter()
+                    .filter(|o| {
+                        o.name().starts_with("past_key_values.")
+                            && !o.name().ends_with(naming::WINDOW_SUFFIX)
+                    })
+                    .map(|o| o.name().to_string())
+                    .collect();
+                Some(SharedBuffers {
+                    binding: session.create_binding()?,
+                    max_length,
+                    buffered,
+                    buffers: vec![],
+                })
+            }
+        };
         let mut d = Decoder {
             session,
             cache_inputs,
             other_inputs,
             past: HashMap::new(),
             history: vec![],
+            shared,
         };
         d.reset()?;
         Ok(d)
@@ -67,8 +127,30 @@ impl Decoder {
     pub fn reset(&mut self) -> Result<()> {
         self.history.clear();
         self.past.clear();
+        if let Some(shared) = &mut self.shared {
+            shared.binding.clear();
+            shared.buffers.clear();
+        }
         for (name, ty, dims) in &self.cache_inputs {
-            self.past.insert(name.clone(), empty_cache(*ty, dims)?);
+            match &mut self.shared {
+                Some(shared) if shared.buffered.contains(name) => {
+                    let shape = [1, dims[1], shared.max_length as i64, dims[3]];
+                    let mut buffer = DynTensor::new(&Allocator::default(), *ty, shape)?;
+                    let bytes =
+                        shape.iter().product::<i64>() as usize * ty.byte_size(1).unwrap_or(1);
+                    // SAFETY: a freshly allocated CPU tensor of `bytes` bytes that nothing else
+                    // references yet; zeros are a valid bit pattern of every cache element type.
+                    unsafe { std::ptr::write_bytes(buffer.data_ptr_mut() as *mut u8, 0, bytes) };
+                    shared.binding.bind_input(name.as_str(), &buffer)?;
+                    shared
+                        .binding
+                        .bind_output(present_name(name), &mut buffer)?;
+                    shared.buffers.push(buffer);
+                }
+                _ => {
+                    self.past.insert(name.clone(), empty_cache(*ty, dims)?);
+                }
+            }
         }
         Ok(())
     }
@@ -106,6 +188,17 @@ impl Decoder {
             };
             feed.push((Cow::Owned(name.clone()), v));
         }
+        if let Some(shared) = &mut self.shared {
+            if total > shared.max_length {
+                bail!(
+                    "{total} tokens exceed the decoder's maximum length {}",
+                    shared.max_length
+                );
+            }
+            let past_len = Tensor::from_array(((), vec![past_len as i64]))?;
+            feed.push((Cow::Borrowed(naming::PAST_SEQUENCE_LENGTH), past_len.into()));
+            return self.step_shared(feed, s, ids.len());
+        }
         for (name, _, _) in &self.cache_inputs {
             let v = self.past.remove(name).context("cache value missing")?;
             feed.push((Cow::Owned(name.clone()), v.into()));
@@ -127,6 +220,58 @@ impl Decoder {
             let v = outputs.remove(&name).context("present output vanished")?;
             self.past
                 .insert(name.replacen("present.", "past_key_values.", 1), v);
+        }
+        Ok(rows)
+    }
+}
+
+impl Decoder {
+    /// One step through the IOBinding: the fed inputs and the rebound caches (key windows) are
+    /// bound for this step, the shared buffers stay bound, and the logits and rebound presents
+    /// come back.
+    fn step_shared(
+        &mut self,
+        feed: Vec<(Cow<'_, str>, SessionInputValue<'_>)>,
+        s: usize,
+        new: usize,
+    ) -> Result<Vec<Vec<f32>>> {
+        let shared = self.shared.as_mut().context("no shared buffers")?;
+        let cpu = MemoryInfo::default();
+        for (name, value) in &feed {
+            let SessionInputValue::Owned(v) = value else {
+                bail!("input '{name}' is not an owned tensor");
+            };
+            shared.binding.bind_input(name.as_ref(), v)?;
+        }
+        let rebound: Vec<String> = self
+            .cache_inputs
+            .iter()
+            .map(|(n, _, _)| n.clone())
+            .filter(|n| !shared.buffered.contains(n))
+            .collect();
+        for name in &rebound {
+            let v = self.past.remove(name).context("cache value missing")?;
+            shared.binding.bind_input(name.as_str(), &v)?;
+        }
+        shared.binding.bind_output_to_device("logits", &cpu)?;
+        for name in &rebound {
+            shared
+                .binding
+                .bind_output_to_device(present_name(name), &cpu)?;
+        }
+        let mut outputs = self.session.run_binding(&shared.binding)?;
+        let (shape, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
+        let vocab = *shape.last().context("logits have no shape")? as usize;
+        let rows: Vec<Vec<f32>> = logits
+            .chunks_exact(vocab)
+            .skip(s - new)
+            .map(<[f32]>::to_vec)
+            .collect();
+        for name in rebound {
+            let v = outputs
+                .remove(present_name(&name).as_str())
+                .context("present output vanished")?;
+            self.past.insert(name, v);
         }
         Ok(rows)
     }

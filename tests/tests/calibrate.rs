@@ -508,3 +508,60 @@ fn budget_chooses_m_per_layer() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The Rust host's IOBinding path (`Decoder::with_max_length` on a `--shared-cache` model: one
+/// buffer per cache tensor bound as past and present, key windows rebound) decodes token by
+/// token exactly as the copying model calibrated the same way; lookat-calibrate accepts the
+/// shared model and gives it the same codebooks.
+#[test]
+fn shared_cache_model_decodes_like_the_copying_one() {
+    let dir = std::env::temp_dir().join(format!("lookat-shared-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = lookat_rewrite::Options {
+        value_dtype: lookat_rewrite::ValueDtype::F16,
+        sinks: 2,
+        window: 8,
+        ..rewrite_options()
+    };
+    let shared_opts = lookat_rewrite::Options {
+        shared_cache: true,
+        ..base
+    };
+    let mut calibrated = vec![];
+    for (name, opts) in [("copy", &base), ("shared", &shared_opts)] {
+        let rw = rewrite_fixture(&dir, &format!("{name}-rw.onnx"), opts);
+        let out = dir.join(format!("{name}.onnx"));
+        calibrate(&options(&rw, out.clone(), 2)).unwrap();
+        calibrated.push(out);
+    }
+    assert_eq!(
+        codebook_bytes(&calibrated[0]),
+        codebook_bytes(&calibrated[1])
+    );
+
+    let env = runtime::init(Some(&ort_library())).unwrap();
+    let plugin = plugin_library();
+    let session = |path: &Path| runtime::session(env, path, Some(&plugin), 2).unwrap();
+    let mut copying = Decoder::new(session(&calibrated[0])).unwrap();
+    let err = Decoder::new(session(&calibrated[1]))
+        .err()
+        .expect("needs a length");
+    assert!(err.to_string().contains("maximum length"), "{err}");
+    let mut shared = Decoder::with_max_length(session(&calibrated[1]), Some(24)).unwrap();
+    let steps: Vec<Vec<u32>> = [vec![464, 11361, 28846]]
+        .into_iter()
+        .chain((0..14).map(|i| vec![13 + 7 * i]))
+        .collect();
+    for round in 0..2 {
+        for (i, ids) in steps.iter().enumerate() {
+            let (a, b) = (copying.step(ids).unwrap(), shared.step(ids).unwrap());
+            assert_eq!(a, b, "round {round}, call {i}: logits differ");
+        }
+        // After a reset the buffers start empty again.
+        copying.reset().unwrap();
+        shared.reset().unwrap();
+    }
+    let too_long = shared.step(&[1; 25]).unwrap_err().to_string();
+    assert!(too_long.contains("exceed"), "{too_long}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

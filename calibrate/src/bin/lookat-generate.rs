@@ -61,18 +61,19 @@ fn main() -> ExitCode {
 fn run(cli: &Cli) -> Result<()> {
     let env = runtime::init(cli.ort_lib.as_deref())?;
     let plugin = runtime::plugin_path(cli.op_lib.as_deref())?;
-    let mut original = Decoder::new(runtime::session(env, &cli.original, None, cli.threads)?)?;
-    let mut lookat = Decoder::new(runtime::session(
-        env,
-        &cli.model,
-        Some(&plugin),
-        cli.threads,
-    )?)?;
     let tok = Tokenizer::load(cli.tokenizer.as_deref())?;
     let prompt = tok.encode(&cli.prompt)?;
     if prompt.is_empty() {
         bail!("the prompt is empty");
     }
+    // The longest sequence either phase decodes: the size of shared cache buffers, if the model
+    // has them (lookat-rewrite --shared-cache).
+    let max_length = (prompt.len() + cli.new_tokens).max(cli.eval_tokens + 1);
+    let mut original = Decoder::new(runtime::session(env, &cli.original, None, cli.threads)?)?;
+    let mut lookat = Decoder::with_max_length(
+        runtime::session(env, &cli.model, Some(&plugin), cli.threads)?,
+        Some(max_length),
+    )?;
     let limits = ModelLimits::read(&lookat_onnx::io::load(&cli.original)?);
     limits.check(&cli.original, &prompt, prompt.len() + cli.new_tokens)?;
 
