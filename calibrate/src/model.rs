@@ -27,9 +27,8 @@ pub struct LookatLayer {
     pub transforms: Option<(String, String)>,
     /// The softmax scale (attribute `scale`, else 1/√D): score errors are measured in logits.
     pub scale: f64,
-    /// Bytes of one element of the node's value cache (4 float32, 2 float16), which the key
-    /// window shares.
-    pub value_elem_bytes: usize,
+    /// The node's value cache type (its key window's type follows from it).
+    pub value_type: lookat_contract::ValueType,
     /// The node's key-codes cache input and output, when it has a cache: their last dimension is m.
     pub codes_io: Vec<String>,
 }
@@ -50,7 +49,7 @@ impl LookatLayer {
             head_dim: self.head_dim(),
             subspaces: self.shape.subspaces,
             centroids: self.shape.centroids,
-            value_elem_bytes: self.value_elem_bytes,
+            value_type: self.value_type,
             window_tokens: self.sinks + self.window,
         }
     }
@@ -131,7 +130,7 @@ pub fn lookat_layers(model: &ModelProto) -> Result<Vec<LookatLayer>> {
         .cloned()
         .collect();
         // The value cache's element type, as the graph declares its input or output.
-        let value_elem_bytes = [
+        let value_type = [
             n.output.get(output::PRESENT_VALUE),
             n.input.get(input::PAST_VALUE),
         ]
@@ -146,17 +145,18 @@ pub fn lookat_layers(model: &ModelProto) -> Result<Vec<LookatLayer>> {
                 .find(|v| &v.name == name)
                 .and_then(lookat_onnx::build::tensor_type)
         })
-        .map_or(4, |t| {
-            if t.elem_type == DataType::FLOAT16 as i32 {
-                2
-            } else {
-                4
+        .map_or(lookat_contract::ValueType::Float32, |t| {
+            use lookat_contract::ValueType;
+            match t.elem_type {
+                x if x == DataType::FLOAT16 as i32 => ValueType::Float16,
+                x if x == DataType::INT8 as i32 => ValueType::Int8,
+                _ => ValueType::Float32,
             }
         });
         layers.push(LookatLayer {
             node: n.name.clone(),
             scale,
-            value_elem_bytes,
+            value_type,
             codes_io,
             query_tensor: query,
             key_tensor: key,

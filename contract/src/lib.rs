@@ -32,8 +32,11 @@ pub enum Elem {
     Float16,
     Uint8,
     Int64,
-    /// `T_V`, the node's value cache type: float32 or float16 (one kernel each).
+    /// `T_V`, the node's value cache type: float32, float16 or int8 rows (one kernel each,
+    /// [`ValueType`]).
     ValueCache,
+    /// `T_W`, the key window's type: `T_V`, or float16 when `T_V` is int8.
+    KeyWindow,
 }
 
 impl Elem {
@@ -44,6 +47,64 @@ impl Elem {
             Elem::Uint8 => "uint8",
             Elem::Int64 => "int64",
             Elem::ValueCache => "T_V",
+            Elem::KeyWindow => "T_W",
+        }
+    }
+}
+
+/// The value cache type `T_V` of a node, what a cache row of it holds, and its key window's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ValueType {
+    Float32,
+    Float16,
+    /// Int8 rows: the D values quantized with one scale per row (token and kv head, symmetric,
+    /// `scale = max|v| / 127`), then the scale as the four little-endian bytes of a float32.
+    Int8,
+}
+
+impl ValueType {
+    pub const ALL: [ValueType; 3] = [ValueType::Float32, ValueType::Float16, ValueType::Int8];
+
+    /// The ONNX element type's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ValueType::Float32 => "float32",
+            ValueType::Float16 => "float16",
+            ValueType::Int8 => "int8",
+        }
+    }
+
+    pub fn elem_bytes(self) -> usize {
+        match self {
+            ValueType::Float32 => 4,
+            ValueType::Float16 => 2,
+            ValueType::Int8 => 1,
+        }
+    }
+
+    /// Elements after the D values of each cache row (the int8 row's scale).
+    pub fn row_extra(self) -> usize {
+        match self {
+            ValueType::Int8 => 4,
+            _ => 0,
+        }
+    }
+
+    /// Last dimension of the value cache tensors for head size `head_dim`.
+    pub fn row_len(self, head_dim: usize) -> usize {
+        head_dim + self.row_extra()
+    }
+
+    /// Bytes of one cache row (one token and kv head).
+    pub fn row_bytes(self, head_dim: usize) -> usize {
+        self.elem_bytes() * self.row_len(head_dim)
+    }
+
+    /// The key window's element type: the value type, float16 for int8 rows.
+    pub fn window(self) -> ValueType {
+        match self {
+            ValueType::Int8 => ValueType::Float16,
+            other => other,
         }
     }
 }
@@ -95,12 +156,17 @@ pub mod input {
         port("key", Float32, false, "[B, S, H_kv*D] or [B, H_kv, S, D]"),
         port("value", Float32, false, "[B, S, H_kv*D] or [B, H_kv, S, D]"),
         port("past_key_codes", Uint8, true, "[B, H_kv, P, m]"),
-        port("past_value", ValueCache, true, "[B, H_kv, P, D]"),
+        port(
+            "past_value",
+            ValueCache,
+            true,
+            "[B, H_kv, P, D] (D + 4 for int8 rows)",
+        ),
         port("attention_mask", Int64, true, "[B, P+S]"),
         port("codebooks", Float32, false, "[H_kv, m, K, D/m]"),
         port(
             "past_key_window",
-            ValueCache,
+            KeyWindow,
             true,
             "[B, H_kv, min(P, sinks+window), D]",
         ),
@@ -128,10 +194,15 @@ pub mod output {
     pub const PORTS: [Port; COUNT] = [
         port("output", Float32, false, "[B, S, H*D]"),
         port("present_key_codes", Uint8, false, "[B, H_kv, P+S, m]"),
-        port("present_value", ValueCache, false, "[B, H_kv, P+S, D]"),
+        port(
+            "present_value",
+            ValueCache,
+            false,
+            "[B, H_kv, P+S, D] (D + 4 for int8 rows)",
+        ),
         port(
             "present_key_window",
-            ValueCache,
+            KeyWindow,
             true,
             "[B, H_kv, min(P+S, sinks+window), D]",
         ),
@@ -400,9 +471,8 @@ pub struct CacheBytes {
     pub head_dim: usize,
     pub subspaces: usize,
     pub centroids: usize,
-    /// Bytes of one value element in the rewritten cache (4 float32, 2 float16); the key window
-    /// has the same element type.
-    pub value_elem_bytes: usize,
+    /// The rewritten value cache's type (its key window's type follows from it).
+    pub value_type: ValueType,
     /// Tokens of the full-precision key window (`sinks + window`).
     pub window_tokens: usize,
 }
@@ -420,7 +490,7 @@ impl CacheBytes {
 
     /// Values per token in the rewritten cache.
     pub fn values(&self) -> usize {
-        self.value_elem_bytes * self.kv_heads * self.head_dim
+        self.kv_heads * self.value_type.row_bytes(self.head_dim)
     }
 
     /// The layer's float32 codebooks, paid once per model, not per token.
@@ -430,7 +500,7 @@ impl CacheBytes {
 
     /// The key window of a full cache, paid once per sequence (not per token).
     pub fn key_window(&self) -> usize {
-        self.value_elem_bytes * self.kv_heads * self.head_dim * self.window_tokens
+        self.value_type.window().elem_bytes() * self.kv_heads * self.head_dim * self.window_tokens
     }
 
     /// Key bytes per token at `tokens` tokens: codes, plus the codebooks and the key window
@@ -515,7 +585,7 @@ pub fn json() -> String {
          \"past_sequence_length_input\": {},\n  \"max_sequence_length_dim\": {},\n  \
          \"codebooks_layout\": \"[heads, subspaces, centroids, sub_dim], row-major\",\n  \
          \"key_window_rows\": \"tokens [0, min(n, sinks)) then [max(sinks, n - window), n) of a cache of n tokens\",\n  \
-         \"cache_bytes_per_token\": {{\"key_codes\": \"kv_heads * subspaces\", \"values\": \"value_elem_bytes * kv_heads * head_dim\", \"float_keys\": \"4 * kv_heads * head_dim\", \"codebooks_per_layer\": \"4 * kv_heads * centroids * head_dim\", \"key_window_per_sequence\": \"value_elem_bytes * kv_heads * head_dim * (sinks + window)\"}},\n  \
+         \"cache_bytes_per_token\": {{\"key_codes\": \"kv_heads * subspaces\", \"values\": \"kv_heads * row_bytes (float32 4*D, float16 2*D, int8 D + 4)\", \"float_keys\": \"4 * kv_heads * head_dim\", \"codebooks_per_layer\": \"4 * kv_heads * centroids * head_dim\", \"key_window_per_sequence\": \"window_elem_bytes (4 float32, else 2) * kv_heads * head_dim * (sinks + window)\"}},\n  \
          \"metadata_keys\": [{meta}]\n}}\n",
         json_str(DOMAIN),
         json_str(OP_NAME),
@@ -567,7 +637,7 @@ mod tests {
             head_dim: 64,
             subspaces: 4,
             centroids: 256,
-            value_elem_bytes: 2,
+            value_type: ValueType::Float16,
             window_tokens: 0,
         };
         assert_eq!(
@@ -581,6 +651,12 @@ mod tests {
         };
         assert_eq!(w.key_window(), 2 * 12 * 64 * 68);
         assert_eq!(w.keys_amortised(1024), 48.0 + 768.0 + 102.0);
+        // Int8 rows: D bytes and a 4-byte scale per row; the window stays float16.
+        let q = CacheBytes {
+            value_type: ValueType::Int8,
+            ..w
+        };
+        assert_eq!((q.values(), q.key_window()), (12 * 68, w.key_window()));
     }
 
     #[test]

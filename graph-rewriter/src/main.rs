@@ -8,6 +8,8 @@ use lookat_rewrite::{io, rewrite, Options, ValueDtype};
 enum ValueDtypeArg {
     F32,
     F16,
+    /// Int8 rows, one float32 scale per token and head (the key window stays float16).
+    I8,
 }
 
 /// Replace the attention of an exported ONNX model (GPT-2 or Llama family) with
@@ -95,6 +97,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         value_dtype: match cli.value_dtype {
             ValueDtypeArg::F32 => ValueDtype::F32,
             ValueDtypeArg::F16 => ValueDtype::F16,
+            ValueDtypeArg::I8 => ValueDtype::I8,
         },
         sinks: cli.sinks,
         window: cli.window,

@@ -9,7 +9,9 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{bail, Context, Result};
-use lookat_contract::{attr, input, naming, output, CacheBytes, CodebookShape, DOMAIN, OP_NAME};
+use lookat_contract::{
+    attr, input, naming, output, CacheBytes, CodebookShape, ValueType, DOMAIN, OP_NAME,
+};
 use lookat_onnx::build::{
     dims_text, elem_name, float_attribute, int64_tensor, int_attribute, node, retyped,
     tensor_type_mut, value_info, Dim,
@@ -28,20 +30,30 @@ use crate::patterns::{find_blocks, malformed_node, PATTERNS};
 pub enum ValueDtype {
     F32,
     F16,
+    /// Int8 rows with a float32 scale per token and head (`lookat_contract::ValueType::Int8`).
+    I8,
 }
 
 impl ValueDtype {
-    pub fn onnx(self) -> DataType {
+    /// The contract's value cache type.
+    pub fn value_type(self) -> ValueType {
         match self {
-            ValueDtype::F32 => DataType::FLOAT,
-            ValueDtype::F16 => DataType::FLOAT16,
+            ValueDtype::F32 => ValueType::Float32,
+            ValueDtype::F16 => ValueType::Float16,
+            ValueDtype::I8 => ValueType::Int8,
         }
     }
-    pub fn bytes(self) -> usize {
-        match self {
-            ValueDtype::F32 => 4,
-            ValueDtype::F16 => 2,
-        }
+    pub fn onnx(self) -> DataType {
+        onnx_type(self.value_type())
+    }
+}
+
+/// The ONNX element type of a value cache (or key window) of type `v`.
+fn onnx_type(v: ValueType) -> DataType {
+    match v {
+        ValueType::Float32 => DataType::FLOAT,
+        ValueType::Float16 => DataType::FLOAT16,
+        ValueType::Int8 => DataType::INT8,
     }
 }
 
@@ -344,7 +356,7 @@ pub fn plan_block(layer: usize, b: &AttentionBlock, opts: &Options) -> Result<La
             head_dim: b.head_dim,
             subspaces: opts.subspaces,
             centroids: opts.centroids,
-            value_elem_bytes: opts.value_dtype.bytes(),
+            value_type: opts.value_dtype.value_type(),
             window_tokens: opts.sinks + opts.window,
         },
     })
@@ -379,6 +391,11 @@ fn apply_plan(
         return Ok(vec![]);
     };
     let (m, values) = (plan.bytes.subspaces as i64, value_dtype.onnx());
+    let value_type = value_dtype.value_type();
+    // Int8 rows carry their scale after the D values: the last dimension grows by 4.
+    let value_last =
+        (value_type.row_extra() > 0).then(|| value_type.row_len(plan.bytes.head_dim) as i64);
+    let window_elem = onnx_type(value_type.window());
     let mut changes = vec![];
     let change = |vi: &onnx_protobuf::ValueInfoProto, direction, elem| CacheIoChange {
         name: vi.name.clone(),
@@ -401,9 +418,7 @@ fn apply_plan(
     // The float key input stays until its shape reads move to the codes (redirect_shape_reads).
     graph.input.insert(in_pos, codes_vi);
     if let Some(vi) = graph.input.iter_mut().find(|vi| vi.name == c.past_value) {
-        if let Some(t) = tensor_type_mut(vi) {
-            t.elem_type = values as i32;
-        }
+        *vi = retyped(vi, &c.past_value, values, value_last);
         changes.push(change(vi, "input", elem_name(values)));
     }
     let out_pos = graph
@@ -427,18 +442,17 @@ fn apply_plan(
         .iter_mut()
         .find(|vi| vi.name == c.present_value)
     {
-        if let Some(t) = tensor_type_mut(vi) {
-            t.elem_type = values as i32;
-        }
+        *vi = retyped(vi, &c.present_value, values, value_last);
         changes.push(change(vi, "output", elem_name(values)));
     }
     if let Some((past_window, present_window)) = &c.window {
-        // The key window: [batch, kv heads, rows, D] in the value type, next to the codes.
+        // The key window: [batch, kv heads, rows, D] in the value type (float16 beside int8
+        // rows), next to the codes.
         let (h, d) = (plan.bytes.kv_heads, plan.bytes.head_dim);
         let window_vi = |name: &str, rows: &str| {
             value_info(
                 name,
-                values,
+                window_elem,
                 &[Dim::from("batch"), h.into(), rows.into(), d.into()],
             )
         };
@@ -448,7 +462,7 @@ fn apply_plan(
             .position(|vi| vi.name == c.past_value)
             .map_or(graph.input.len(), |p| p + 1);
         let vi = window_vi(past_window, "past_window");
-        changes.push(change(&vi, "input", elem_name(values)));
+        changes.push(change(&vi, "input", elem_name(window_elem)));
         graph.input.insert(pos, vi);
         let pos = graph
             .output
@@ -456,7 +470,7 @@ fn apply_plan(
             .position(|vi| vi.name == c.present_value)
             .map_or(graph.output.len(), |p| p + 1);
         let vi = window_vi(present_window, "present_window");
-        changes.push(change(&vi, "output", elem_name(values)));
+        changes.push(change(&vi, "output", elem_name(window_elem)));
         graph.output.insert(pos, vi);
     }
     Ok(changes)

@@ -184,6 +184,7 @@ pub fn elem_name(dt: DataType) -> &'static str {
         DataType::FLOAT => "float32",
         DataType::FLOAT16 => "float16",
         DataType::UINT8 => "uint8",
+        DataType::INT8 => "int8",
         DataType::INT64 => "int64",
         DataType::INT32 => "int32",
         DataType::BOOL => "bool",

@@ -200,11 +200,28 @@ impl Data {
     }
 }
 
-struct Run<V> {
+struct Run<V: ValueElem> {
     output: Vec<f32>,
     codes: Vec<u8>,
     values: Vec<V>,
-    window: Vec<V>,
+    window: Vec<V::Window>,
+}
+
+/// The past value cache `[B, H_kv, P, D + ROW_EXTRA]` in type `V`: the values converted, or for
+/// int8 rows quantized here (absmax scale per row, written independently of the kernels).
+fn past_rows<V: ValueElem>(data: &Data) -> Vec<V> {
+    let d = data.g.head_dim;
+    if V::ROW_EXTRA == 0 {
+        return data.past_value.iter().map(|&v| V::from_f32(v)).collect();
+    }
+    let mut out = vec![];
+    for row in data.past_value.chunks_exact(d) {
+        let amax = row.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let scale = amax / 127.0;
+        out.extend(row.iter().map(|&x| V::from_f32((x / scale).round())));
+        out.extend(scale.to_le_bytes().map(|b| V::from_f32(b as i8 as f32)));
+    }
+    out
 }
 
 fn run_kernel<V: ValueElem>(
@@ -214,8 +231,8 @@ fn run_kernel<V: ValueElem>(
 ) -> Result<Run<V>, LookatError> {
     let g = &data.g;
     let t = g.total_tokens();
-    let past_value: Vec<V> = data.past_value.iter().map(|&v| V::from_f32(v)).collect();
-    let past_window = data.past_window::<V>();
+    let past_value: Vec<V> = past_rows::<V>(data);
+    let past_window = data.past_window::<V::Window>();
     let transforms = data
         .transforms
         .as_ref()
@@ -228,8 +245,11 @@ fn run_kernel<V: ValueElem>(
     let mut run = Run {
         output: vec![f32::NAN; g.batch * g.new_tokens * g.hidden()],
         codes: vec![0xEE; g.batch * g.kv_heads * t * g.subspaces],
-        values: vec![V::from_f32(f32::NAN); g.batch * g.kv_heads * t * g.head_dim],
-        window: vec![V::from_f32(f32::NAN); g.batch * g.kv_heads * window_rows * g.head_dim],
+        values: vec![V::from_f32(f32::NAN); g.batch * g.kv_heads * t * (g.head_dim + V::ROW_EXTRA)],
+        window: vec![
+            V::Window::from_f32(f32::NAN);
+            g.batch * g.kv_heads * window_rows * g.head_dim
+        ],
     };
     lookat_attention(
         g,
@@ -306,6 +326,7 @@ fn reference_output(
     codes: &[u8],
     opts: &AttentionOptions,
     round_f16: bool,
+    stored_values: Option<&[f64]>,
 ) -> Vec<f64> {
     let g = &data.g;
     let (t_n, m, k, sub, d, e) = (
@@ -331,7 +352,9 @@ fn reference_output(
             let kv = h / data.group;
             let bh = b * g.kv_heads + kv;
             let value_at = |t: usize, i: usize| -> f64 {
-                if t < g.past_tokens {
+                if let Some(v) = stored_values {
+                    v[(bh * t_n + t) * d + i]
+                } else if t < g.past_tokens {
                     store(data.past_value[(bh * g.past_tokens + t) * d + i])
                 } else {
                     store(data.value_row(b, kv, t - g.past_tokens)[i])
@@ -445,7 +468,7 @@ fn check_case_on<V: ValueElem>(c: Case, rng: &mut Rng, round_f16: bool, par: &dy
         }
     }
     check_codes(&data, &run.codes);
-    let reference = reference_output(&data, &run.codes, &opts, round_f16);
+    let reference = reference_output(&data, &run.codes, &opts, round_f16, None);
     let err = max_abs_diff(&run.output, &reference);
     assert!(err <= TOLERANCE, "{c:?} ({}): max |Δ| = {err:e}", V::NAME);
     // Present values: past copied, new appended, both in storage precision.
@@ -846,6 +869,7 @@ fn shared_buffers_equal_compact_caches_bit_for_bit() {
     for (c, threads) in cases {
         check_shared::<f32>(c, &mut rng, &Threads(threads));
         check_shared::<f16>(c, &mut rng, &Threads(threads));
+        check_shared::<i8>(c, &mut rng, &Threads(threads));
     }
 }
 
@@ -869,23 +893,21 @@ fn check_shared<V: ValueElem>(c: Case, rng: &mut Rng, par: &dyn ParallelFor) {
     // Capacity buffers: each block's P past rows, then rows a previous use left behind.
     let (junk_code, junk_value) = (0xA5u8, V::from_f32(9.5));
     let mut past_codes = vec![junk_code; blocks * cap * m];
-    let mut past_values = vec![junk_value; blocks * cap * d];
+    let row = d + V::ROW_EXTRA;
+    let mut past_values = vec![junk_value; blocks * cap * row];
+    let compact_past = past_rows::<V>(&data);
     for bh in 0..blocks {
         past_codes[bh * cap * m..][..p * m]
             .copy_from_slice(&data.past_codes[bh * p * m..][..p * m]);
-        for (dst, &v) in past_values[bh * cap * d..][..p * d]
-            .iter_mut()
-            .zip(&data.past_value[bh * p * d..][..p * d])
-        {
-            *dst = V::from_f32(v);
-        }
+        past_values[bh * cap * row..][..p * row]
+            .copy_from_slice(&compact_past[bh * p * row..][..p * row]);
     }
-    let past_window = data.past_window::<V>();
+    let past_window = data.past_window::<V::Window>();
     let transforms = None;
     for in_place in [false, true] {
         let what = format!("{c:?} ({}, in place: {in_place})", V::NAME);
         let mut output = vec![f32::NAN; compact.output.len()];
-        let mut window = vec![V::from_f32(f32::NAN); compact.window.len()];
+        let mut window = vec![V::Window::from_f32(f32::NAN); compact.window.len()];
         let (mut codes, mut values) = if in_place {
             (past_codes.clone(), past_values.clone())
         } else {
@@ -921,10 +943,12 @@ fn check_shared<V: ValueElem>(c: Case, rng: &mut Rng, par: &dyn ParallelFor) {
         .unwrap_or_else(|e| panic!("{what}: {e}"));
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let value_bits = |v: &[V]| v.iter().map(|x| x.to_f32().to_bits()).collect::<Vec<_>>();
+        let window_bits =
+            |v: &[V::Window]| v.iter().map(|x| x.to_f32().to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&output), bits(&compact.output), "{what}: output");
         assert_eq!(
-            value_bits(&window),
-            value_bits(&compact.window),
+            window_bits(&window),
+            window_bits(&compact.window),
             "{what}: window"
         );
         for bh in 0..blocks {
@@ -934,8 +958,8 @@ fn check_shared<V: ValueElem>(c: Case, rng: &mut Rng, par: &dyn ParallelFor) {
                 "{what}: codes of block {bh}"
             );
             assert_eq!(
-                value_bits(&values[bh * cap * d..][..t * d]),
-                value_bits(&compact.values[bh * t * d..][..t * d]),
+                value_bits(&values[bh * cap * row..][..t * row]),
+                value_bits(&compact.values[bh * t * row..][..t * row]),
                 "{what}: values of block {bh}"
             );
             let (tail_code, tail_value) = if in_place {
@@ -950,12 +974,123 @@ fn check_shared<V: ValueElem>(c: Case, rng: &mut Rng, par: &dyn ParallelFor) {
                 "{what}: code tail of block {bh}"
             );
             assert!(
-                values[bh * cap * d..][t * d..cap * d]
+                values[bh * cap * row..][t * row..cap * row]
                     .iter()
                     .all(|x| x.to_f32() == tail_value),
                 "{what}: value tail of block {bh}"
             );
         }
+    }
+}
+
+/// Int8 value rows against the f64 reference: each new row holds `round(v / s)` with
+/// `s = max|v| / 127` in its last four bytes (checked here, to within a rounding tie), past rows
+/// pass through bit for bit, and the output is attention over the rows as stored (decoded here),
+/// with float16 keys in the window.
+#[test]
+fn int8_value_rows_match_reference() {
+    let mut rng = Rng(0x1e8);
+    let base = Case {
+        b: 2,
+        h: 3,
+        d: 64,
+        p: 37,
+        s: 1,
+        m: 8,
+        k: 256,
+        masked: true,
+        exact_current: false,
+        group: 3,
+        head_major: true,
+        sinks: 0,
+        window: 0,
+    };
+    let cases = [
+        (base, 1),
+        (
+            Case {
+                s: 6,
+                sinks: 2,
+                window: 8,
+                d: 40,
+                m: 4,
+                ..base
+            },
+            2,
+        ),
+        (
+            Case {
+                s: 3,
+                exact_current: true,
+                group: 1,
+                head_major: false,
+                ..base
+            },
+            3,
+        ),
+        (
+            Case {
+                b: 1,
+                h: 1,
+                p: 2100,
+                sinks: 4,
+                window: 64,
+                masked: false,
+                ..base
+            },
+            4,
+        ),
+    ];
+    for (c, threads) in cases {
+        let data = make_data(c, &mut rng);
+        let opts = AttentionOptions {
+            scale: None,
+            exact_current: c.exact_current,
+            sinks: c.sinks,
+            window: c.window,
+        };
+        let run = run_kernel::<i8>(&data, &opts, &Threads(threads))
+            .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+        check_codes(&data, &run.codes);
+        let g = &data.g;
+        let (t_n, p_n, d) = (g.total_tokens(), g.past_tokens, g.head_dim);
+        let stride = d + 4;
+        let past = past_rows::<i8>(&data);
+        let mut decoded = vec![0.0f64; g.batch * g.kv_heads * t_n * d];
+        for b in 0..g.batch {
+            for kv in 0..g.kv_heads {
+                let bh = b * g.kv_heads + kv;
+                for t in 0..t_n {
+                    let row = &run.values[(bh * t_n + t) * stride..][..stride];
+                    let scale = f32::from_le_bytes(
+                        [row[d], row[d + 1], row[d + 2], row[d + 3]].map(|x| x as u8),
+                    );
+                    if t < p_n {
+                        assert_eq!(
+                            row,
+                            &past[(bh * p_n + t) * stride..][..stride],
+                            "{c:?}: past row {t}"
+                        );
+                    } else {
+                        let x = data.value_row(b, kv, t - p_n);
+                        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                        assert_eq!(scale, amax / 127.0, "{c:?}: scale of row {t}");
+                        for (&q, &v) in row[..d].iter().zip(x) {
+                            assert!(
+                                (q as f32 - v / scale).abs() <= 0.5 + 1e-3,
+                                "{c:?}: {q} for {v}"
+                            );
+                        }
+                    }
+                    for i in 0..d {
+                        decoded[(bh * t_n + t) * d + i] = scale as f64 * row[i] as f64;
+                    }
+                }
+            }
+        }
+        let reference = reference_output(&data, &run.codes, &opts, true, Some(&decoded));
+        let err = max_abs_diff(&run.output, &reference);
+        assert!(err <= TOLERANCE, "{c:?} (int8): max |Δ| = {err:e}");
     }
 }
 
@@ -970,6 +1105,7 @@ fn shared_buffer_length_is_checked() {
         attention_mask: None,
         codebooks: &[1, 2, 16, 4],
         past_sequence_length: Some(psl),
+        value_row_extra: 0,
     };
     let g = Geometry::from_shapes(&shapes(3), 2, 1).expect("3 + 1 rows fit 4");
     assert_eq!(
@@ -1104,10 +1240,46 @@ fn simd_value_accumulation_matches_scalar() {
                     .all(|(x, y)| x.to_bits() == y.to_bits()));
             }
         }
-        let (mut a, mut b) = (start.clone(), start);
+        let (mut a, mut b) = (start.clone(), start.clone());
         simd::accumulate_rows_f32(&mut a, &probs, &rows, None, false);
         simd::scalar::accumulate_rows_f32(&mut b, &probs, &rows, None);
         close(&a, &b, "f32 without copy");
+
+        // Int8 rows (D values, then the row's float32 scale as four bytes) against an f64 sum
+        // written here; the masked row's scale is NaN and must not leak.
+        let stride = d + 4;
+        let mut rows8 = vec![0i8; n * stride];
+        let mut scales = vec![0.0f32; n];
+        for t in 0..n {
+            for c in 0..d {
+                rows8[t * stride + c] = (rng.below(255) as i32 - 127) as i8;
+            }
+            scales[t] = if n > 2 && t == 1 {
+                f32::NAN
+            } else {
+                rng.uniform().abs() * 0.05
+            };
+            for (i, byte) in scales[t].to_le_bytes().into_iter().enumerate() {
+                rows8[t * stride + d + i] = byte as i8;
+            }
+        }
+        let mut weights = probs.clone();
+        let mut a = start.clone();
+        let mut copy8 = vec![0i8; n * stride];
+        simd::accumulate_rows_int8(&mut a, &mut weights, &rows8, Some(&mut copy8));
+        assert_eq!(copy8, rows8, "int8 copy d={d}");
+        for c in 0..d {
+            let want = start[c] as f64
+                + (0..n)
+                    .filter(|&t| probs[t] != 0.0)
+                    .map(|t| probs[t] as f64 * scales[t] as f64 * rows8[t * stride + c] as f64)
+                    .sum::<f64>();
+            assert!(
+                (a[c] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "int8 d={d} n={n} column {c}: {} vs {want}",
+                a[c]
+            );
+        }
     }
 }
 
@@ -1434,7 +1606,7 @@ fn key_window_prefill_and_decode_agree() {
 }
 
 /// Runs one call with `past_window` given as is; returns (output, codes, values, window) as f32.
-fn run_with_window<V: ValueElem>(
+fn run_with_window<V: ValueElem<Window = V>>(
     data: &Data,
     opts: &AttentionOptions,
     par: &dyn ParallelFor,
@@ -1443,7 +1615,7 @@ fn run_with_window<V: ValueElem>(
     let g = data.g;
     let t = g.total_tokens();
     let rows = data.window_tokens(t).len();
-    let past_value: Vec<V> = data.past_value.iter().map(|&v| V::from_f32(v)).collect();
+    let past_value: Vec<V> = past_rows::<V>(data);
     let mut output = vec![0f32; g.batch * g.new_tokens * g.hidden()];
     let mut codes = vec![0u8; g.batch * g.kv_heads * t * g.subspaces];
     let mut values = vec![V::from_f32(0.0); g.batch * g.kv_heads * t * g.head_dim];
@@ -1515,7 +1687,7 @@ fn key_and_query_transforms_match_reference() {
             let run = run_kernel::<f32>(&data, &opts, &Threads(threads))
                 .unwrap_or_else(|e| panic!("{c:?}: {e}"));
             check_codes(&data, &run.codes);
-            let reference = reference_output(&data, &run.codes, &opts, false);
+            let reference = reference_output(&data, &run.codes, &opts, false, None);
             let err = max_abs_diff(&run.output, &reference);
             assert!(
                 err <= TOLERANCE,

@@ -24,7 +24,8 @@ import onnxruntime as ort
 PAST_PREFIX, PRESENT_PREFIX = "past_key_values.", "present."
 PAST_SEQUENCE_LENGTH = "past_sequence_length"
 MAX_SEQUENCE_LENGTH = "max_sequence_length"
-_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
+           "tensor(int8)": np.int8}
 
 
 class CacheDecoder:
@@ -48,7 +49,7 @@ class CacheDecoder:
         # Shared buffers: the cache tensors whose rows are max_sequence_length (codes and values).
         self.buffered = [n for n in self.past_names
                          if self.shared and inputs[n].shape[2] == MAX_SEQUENCE_LENGTH]
-        self.specs = {n: (inputs[n].shape[1], inputs[n].shape[3], _DTYPES[inputs[n].type])
+        self.specs = {n: (inputs[n].shape[1], inputs[n].shape[3], DTYPES[inputs[n].type])
                       for n in self.past_names}
         self.other_inputs = [n for n in inputs if n not in self.specs and n != PAST_SEQUENCE_LENGTH]
         self.reset()
@@ -115,5 +116,5 @@ class CacheDecoder:
                 total += self.batch * heads * self.length * last * np.dtype(dtype).itemsize
             else:
                 v = self.past[name]
-                total += int(np.prod(v.shape())) * np.dtype(_DTYPES[v.data_type()]).itemsize
+                total += int(np.prod(v.shape())) * np.dtype(DTYPES[v.data_type()]).itemsize
         return total

@@ -28,10 +28,11 @@ CASES = {
         "models/fixtures/trained/dyn18-eager-kv.onnx",
         ["--subspaces", "4", "--value-dtype", "f16", "--sinks", "2", "--window", "8"],
     ),
-    # Llama family (RoPE, grouped-query attention), with transforms and a key window.
-    "llama-dyn23-gqa": (
+    # Llama family (RoPE, grouped-query attention), with transforms, a key window and int8
+    # value rows.
+    "llama-dyn23-gqa-int8": (
         "models/fixtures/tiny/tiny_llama_l2_q4_kv2_d16/dyn23-sdpagqa-kv.onnx",
-        ["--subspaces", "4", "--transform", "--sinks", "1", "--window", "4"],
+        ["--subspaces", "4", "--transform", "--sinks", "1", "--window", "4", "--value-dtype", "i8"],
     ),
     "llama-optimum": ("models/fixtures/tiny/tiny_llama_l2_q4_kv2_d16/optimum18-sdpa-kv.onnx", ["--subspaces", "2"]),
     "smollm2-ts17": ("models/fixtures/smollm2/ts17-sdpa-kv.onnx", ["--subspaces", "16", "--value-dtype", "f16"]),
@@ -68,12 +69,11 @@ def prompt_and_steps(vocab, n_prompt=6, n_steps=12, seed=1):
 def plain_shared_run(sess, prompt, steps, max_length):
     """The fallback without IOBinding: capacity arrays in, fresh presents out, fed back."""
     inputs = {i.name: i for i in sess.get_inputs()}
-    dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
     past = {}
     for name, i in inputs.items():
         if name.startswith("past_key_values."):
             rows = max_length if i.shape[2] == MAX_ROWS else 0
-            past[name] = np.zeros((1, i.shape[1], rows, i.shape[3]), dtypes[i.type])
+            past[name] = np.zeros((1, i.shape[1], rows, i.shape[3]), decode.DTYPES[i.type])
     names = [o.name for o in sess.get_outputs()]
     length, logits = 0, []
     for ids in [prompt] + [[t] for t in steps]:

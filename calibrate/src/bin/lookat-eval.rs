@@ -125,7 +125,7 @@ impl CalibratedModel {
                 base.len()
             );
         }
-        let base_value_bytes = layers[0].value_elem_bytes;
+        let window_elem_bytes = layers[0].value_type.window().elem_bytes();
         let layers = layers
             .iter()
             .zip(base)
@@ -196,7 +196,7 @@ impl CalibratedModel {
         Ok(CalibratedModel {
             label: label.to_string(),
             layers,
-            window_elem_bytes: base_value_bytes,
+            window_elem_bytes,
         })
     }
 

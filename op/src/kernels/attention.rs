@@ -58,7 +58,7 @@ impl AttentionOptions {
 
 /// Flat, row-major input buffers; shapes are in [`Geometry`] and `docs/op-spec.md`.
 #[derive(Debug, Clone, Copy)]
-pub struct AttentionInputs<'a, V> {
+pub struct AttentionInputs<'a, V: ValueElem> {
     /// `[B, S, H*D]` or `[B, H, S, D]` ([`Geometry::layout`])
     pub query: &'a [f32],
     /// `[B, S, H_kv*D]` or `[B, H_kv, S, D]`
@@ -68,7 +68,8 @@ pub struct AttentionInputs<'a, V> {
     /// `[B, H_kv, P, m]`, or `[B, H_kv, C, m]` with a capacity ([`Geometry::capacity`]); empty
     /// when `past_in_present`
     pub past_key_codes: &'a [u8],
-    /// `[B, H_kv, P, D]`, or `[B, H_kv, C, D]` with a capacity; empty when `past_in_present`
+    /// `[B, H_kv, P, D + V::ROW_EXTRA]`, or `[B, H_kv, C, ·]` with a capacity; empty when
+    /// `past_in_present`
     pub past_value: &'a [V],
     /// Shared cache buffers only: the present codes and values already hold the P past rows (the
     /// host bound one buffer as both past and present), so the call writes only rows
@@ -80,7 +81,7 @@ pub struct AttentionInputs<'a, V> {
     pub codebooks: &'a [f32],
     /// `[B, H_kv, min(P, sinks + window), D]`: the keys of the past's sink and most recent tokens
     /// (`lookat_contract::window`); empty without a window.
-    pub past_key_window: &'a [V],
+    pub past_key_window: &'a [V::Window],
     /// Keys encoded as `k·A`, tables built from `q·B` (`None`: the identity).
     pub transforms: Option<&'a KeyTransforms>,
     /// `codebooks` already laid out for the kernels (the op does that once per session when
@@ -90,15 +91,15 @@ pub struct AttentionInputs<'a, V> {
 
 /// Flat, row-major output buffers.
 #[derive(Debug)]
-pub struct AttentionOutputs<'a, V> {
+pub struct AttentionOutputs<'a, V: ValueElem> {
     /// `[B, S, H*D]`
     pub output: &'a mut [f32],
     /// `[B, H_kv, P+S, m]`, or `[B, H_kv, C, m]` with a capacity
     pub present_key_codes: &'a mut [u8],
-    /// `[B, H_kv, P+S, D]`, or `[B, H_kv, C, D]` with a capacity
+    /// `[B, H_kv, P+S, D + V::ROW_EXTRA]`, or `[B, H_kv, C, ·]` with a capacity
     pub present_value: &'a mut [V],
     /// `[B, H_kv, min(P+S, sinks + window), D]`; empty without a window.
-    pub present_key_window: &'a mut [V],
+    pub present_key_window: &'a mut [V::Window],
 }
 
 /// A raw pointer that tasks share to write disjoint parts of one output buffer.
@@ -179,10 +180,11 @@ pub fn lookat_attention<V: ValueElem>(
         inp.past_key_codes.len(),
         b_n * h_n * past_rows * m,
     )?;
+    let row = d + V::ROW_EXTRA;
     check_len(
         "past_value",
         inp.past_value.len(),
-        b_n * h_n * past_rows * d,
+        b_n * h_n * past_rows * row,
     )?;
     if let Some(mask) = inp.attention_mask {
         check_len("attention_mask", mask.len(), b_n * t_n)?;
@@ -197,7 +199,7 @@ pub fn lookat_attention<V: ValueElem>(
     check_len(
         "present_value",
         out.present_value.len(),
-        b_n * h_n * g.present_rows() * d,
+        b_n * h_n * g.present_rows() * row,
     )?;
     let (past_window_rows, present_window_rows) = if opts.windowed() {
         (
@@ -364,7 +366,7 @@ fn token_splits(tasks: usize, tokens: usize, workers: usize) -> usize {
 }
 
 /// What every task of one call shares: inputs, prepared codebooks and the output writers.
-struct Call<'a, V> {
+struct Call<'a, V: ValueElem> {
     g: Geometry,
     inp: &'a AttentionInputs<'a, V>,
     books: &'a PreparedCodebooks,
@@ -377,7 +379,7 @@ struct Call<'a, V> {
     output: DisjointWriter<f32>,
     codes_out: DisjointWriter<u8>,
     values_out: DisjointWriter<V>,
-    window_out: DisjointWriter<V>,
+    window_out: DisjointWriter<V::Window>,
 }
 
 // SAFETY: the writers are only used at ranges one task owns (see each use); the rest is shared
@@ -385,6 +387,11 @@ struct Call<'a, V> {
 unsafe impl<V: ValueElem> Sync for Call<'_, V> {}
 
 impl<V: ValueElem> Call<'_, V> {
+    /// Elements of one value cache row: D, and the row's scale for int8 rows.
+    fn value_row(&self) -> usize {
+        self.g.head_dim + V::ROW_EXTRA
+    }
+
     /// (batch row, kv head) of task `bh`.
     fn task(&self, bh: usize) -> (usize, usize) {
         (bh / self.g.kv_heads, bh % self.g.kv_heads)
@@ -417,8 +424,8 @@ impl<V: ValueElem> Call<'_, V> {
 
     /// The P past values of task `bh` in the past input (not with `past_in_present`).
     fn past_values(&self, bh: usize) -> &[V] {
-        let (p, d) = (self.g.past_tokens, self.g.head_dim);
-        &self.inp.past_value[bh * self.g.past_rows() * d..][..p * d]
+        let (p, row) = (self.g.past_tokens, self.value_row());
+        &self.inp.past_value[bh * self.g.past_rows() * row..][..p * row]
     }
 
     /// A shared buffer that is not the past's own memory gets zeros after the P + S valid rows,
@@ -441,7 +448,7 @@ impl<V: ValueElem> Call<'_, V> {
         let (p_n, d) = (self.g.past_tokens, self.g.head_dim);
         if t >= p_n {
             for (o, &k) in out.iter_mut().zip(self.new_kv(self.inp.key, bh, t - p_n)) {
-                *o = V::from_f32(k).to_f32();
+                *o = V::Window::from_f32(k).to_f32();
             }
             return;
         }
@@ -472,7 +479,7 @@ impl<V: ValueElem> Call<'_, V> {
             let t = window::token(r, t_n, self.sinks, self.window);
             if t >= p_n {
                 for (o, &k) in dst.iter_mut().zip(self.new_kv(self.inp.key, bh, t - p_n)) {
-                    *o = V::from_f32(k);
+                    *o = V::Window::from_f32(k);
                 }
             } else {
                 // A token the present window keeps was in the past window (sink or recent).
@@ -488,13 +495,14 @@ impl<V: ValueElem> Call<'_, V> {
     /// No other live slice may overlap these rows.
     #[allow(clippy::mut_from_ref)]
     unsafe fn present(&self, bh: usize, tokens: Range<usize>) -> (&mut [u8], &mut [V]) {
-        let (rows, m, d) = (self.g.present_rows(), self.g.subspaces, self.g.head_dim);
+        let (rows, m, row) = (self.g.present_rows(), self.g.subspaces, self.value_row());
         let n = tokens.len();
         // SAFETY: inside the [B, H_kv, rows, ·] buffers; exclusivity guaranteed by the caller.
         unsafe {
             (
                 self.codes_out.slice((bh * rows + tokens.start) * m, n * m),
-                self.values_out.slice((bh * rows + tokens.start) * d, n * d),
+                self.values_out
+                    .slice((bh * rows + tokens.start) * row, n * row),
             )
         }
     }
@@ -533,13 +541,12 @@ impl<V: ValueElem> Call<'_, V> {
                 book.encode_keys(s_n, |s| &keys[s * d..(s + 1) * d], &mut codes[..s_n * m]);
             }
         }
+        let row = self.value_row();
         for s in 0..s_n {
-            for (dst, &v) in values[s * d..][..d]
-                .iter_mut()
-                .zip(self.new_kv(self.inp.value, bh, s))
-            {
-                *dst = V::from_f32(v);
-            }
+            V::store_row(
+                self.new_kv(self.inp.value, bh, s),
+                &mut values[s * row..][..row],
+            );
         }
         self.clear_tail(bh);
         self.write_window(bh);
@@ -632,6 +639,7 @@ impl<V: ValueElem> Call<'_, V> {
             g.head_dim,
         );
         let base = tokens.start;
+        let row = self.value_row();
         // With `past_in_present` every row is read from the present block (nothing to copy).
         let separate = !self.inp.past_in_present;
         let copy_past = copy_past && separate;
@@ -722,13 +730,13 @@ impl<V: ValueElem> Call<'_, V> {
                     // Past rows come from the past input (the copy's source), new ones from the
                     // present, where this call's tokens were written first.
                     let dst =
-                        copying.then(|| &mut values[(start - base) * d..(past_end - base) * d]);
-                    let src = &past_values[start * d..past_end * d];
-                    state.accumulate(&block[..n_past], src, dst, self.stream);
+                        copying.then(|| &mut values[(start - base) * row..(past_end - base) * row]);
+                    let src = &past_values[start * row..past_end * row];
+                    state.accumulate(&mut block[..n_past], src, dst, self.stream);
                 }
                 if any && stop > past_end {
-                    let rows = &values[(past_end - base) * d..(stop - base) * d];
-                    state.accumulate(&block[n_past..], rows, None, false);
+                    let rows = &values[(past_end - base) * row..(stop - base) * row];
+                    state.accumulate(&mut block[n_past..], rows, None, false);
                 }
             }
         }

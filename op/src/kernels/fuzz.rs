@@ -4,7 +4,7 @@
 
 use super::{
     lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs, Geometry, ParallelFor,
-    ShapeInputs,
+    ShapeInputs, ValueElem,
 };
 
 /// Runs tasks in order on the calling thread but reports `workers` threads, so that long caches
@@ -104,6 +104,10 @@ pub fn fuzz_attention(data: &[u8]) -> bool {
     if let Some(p) = past_sequence_length {
         mask[1] = p + new - (mask[1] != past + new) as i64;
     }
+    // Int8 value rows (D values and a 4-byte scale) now and then.
+    let int8 = b.byte() % 3 == 0;
+    let value_row_extra = if int8 { 4 } else { 0 };
+    pv[3] += value_row_extra as i64;
     let shapes = ShapeInputs {
         query: &q,
         key: &k,
@@ -113,6 +117,7 @@ pub fn fuzz_attention(data: &[u8]) -> bool {
         attention_mask: with_mask.then_some(mask.as_slice()),
         codebooks: &cb,
         past_sequence_length,
+        value_row_extra,
     };
     let Ok(g) = Geometry::from_shapes(&shapes, heads, num_kv_heads) else {
         return false;
@@ -145,7 +150,7 @@ pub fn fuzz_attention(data: &[u8]) -> bool {
     // A wrong output length now and then, to reach the length checks.
     let skew = (b.byte() % 7 == 0) as usize;
     let workers = SerialReporting(1 + b.byte() as usize % 4);
-    let mut output = vec![0f32; g.batch * g.new_tokens * g.hidden() + skew];
+    let output = vec![0f32; g.batch * g.new_tokens * g.hidden() + skew];
     // A random key/query transform pair now and then (any A, B: the kernels must not care).
     let transforms = (b.byte() % 4 == 0).then(|| {
         let n = g.kv_heads * g.head_dim * g.head_dim;
@@ -156,33 +161,86 @@ pub fn fuzz_attention(data: &[u8]) -> bool {
     let past_key_window: Vec<f32> = (0..g.batch * g.kv_heads * rows(g.past_tokens) * g.head_dim)
         .map(|_| b.float())
         .collect();
-    let mut present_key_window =
+    let present_key_window =
         vec![0f32; g.batch * g.kv_heads * rows(t) * g.head_dim + skew * (b.byte() % 2) as usize];
+    let inputs = Inputs {
+        query: &query,
+        key: &key,
+        value: &value,
+        past_key_codes: &past_key_codes,
+        past_value: &past_value,
+        attention_mask: with_mask.then_some(attention_mask.as_slice()),
+        codebooks: &codebooks,
+        past_key_window: &past_key_window,
+        transforms: transforms.as_ref(),
+        in_place: shared == 2,
+    };
+    let window_len = present_key_window.len();
+    if int8 {
+        run::<i8>(&g, &opts, &inputs, output, window_len, &workers)
+    } else {
+        run::<f32>(&g, &opts, &inputs, output, window_len, &workers)
+    }
+}
+
+/// The float data of one fuzz case, before the value cache type is chosen.
+struct Inputs<'a> {
+    query: &'a [f32],
+    key: &'a [f32],
+    value: &'a [f32],
+    past_key_codes: &'a [u8],
+    past_value: &'a [f32],
+    attention_mask: Option<&'a [i64]>,
+    codebooks: &'a [f32],
+    past_key_window: &'a [f32],
+    transforms: Option<&'a super::KeyTransforms>,
+    in_place: bool,
+}
+
+fn run<V: ValueElem>(
+    g: &Geometry,
+    opts: &AttentionOptions,
+    inp: &Inputs<'_>,
+    mut output: Vec<f32>,
+    window_len: usize,
+    workers: &SerialReporting,
+) -> bool {
+    let convert = |x: &[f32]| x.iter().map(|&v| V::from_f32(v)).collect::<Vec<V>>();
+    let past_value = convert(inp.past_value);
+    let past_key_window: Vec<V::Window> = inp
+        .past_key_window
+        .iter()
+        .map(|&v| V::Window::from_f32(v))
+        .collect();
+    let mut present_key_window = vec![V::Window::from_f32(0.0); window_len];
     let cache_rows = g.batch * g.kv_heads * g.present_rows();
-    let in_place = shared == 2;
-    let (mut codes, mut values) = if in_place {
-        (past_key_codes.clone(), past_value.clone())
+    let (mut codes, mut values) = if inp.in_place {
+        (inp.past_key_codes.to_vec(), past_value.clone())
     } else {
         (
             vec![0u8; cache_rows * g.subspaces],
-            vec![0f32; cache_rows * g.head_dim],
+            vec![V::from_f32(0.0); cache_rows * (g.head_dim + V::ROW_EXTRA)],
         )
     };
     lookat_attention(
-        &g,
-        &opts,
+        g,
+        opts,
         &AttentionInputs {
-            query: &query,
-            key: &key,
-            value: &value,
-            past_key_codes: if in_place { &[] } else { &past_key_codes },
-            past_value: if in_place { &[] } else { &past_value },
-            past_in_present: in_place,
-            attention_mask: with_mask.then_some(attention_mask.as_slice()),
-            codebooks: &codebooks,
+            query: inp.query,
+            key: inp.key,
+            value: inp.value,
+            past_key_codes: if inp.in_place {
+                &[]
+            } else {
+                inp.past_key_codes
+            },
+            past_value: if inp.in_place { &[] } else { &past_value },
+            past_in_present: inp.in_place,
+            attention_mask: inp.attention_mask,
+            codebooks: inp.codebooks,
             prepared: None,
             past_key_window: &past_key_window,
-            transforms: transforms.as_ref(),
+            transforms: inp.transforms,
         },
         AttentionOutputs {
             output: &mut output,
@@ -190,7 +248,7 @@ pub fn fuzz_attention(data: &[u8]) -> bool {
             present_value: &mut values,
             present_key_window: &mut present_key_window,
         },
-        &workers,
+        workers,
     )
     .is_ok()
 }

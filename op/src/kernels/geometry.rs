@@ -73,6 +73,8 @@ pub struct ShapeInputs<'a> {
     pub codebooks: &'a [i64],
     /// The value of input `past_sequence_length`, when given (shared cache buffers).
     pub past_sequence_length: Option<i64>,
+    /// Elements after the D values of a value cache row (4 for int8 rows: the scale).
+    pub value_row_extra: usize,
 }
 
 /// Largest element count of any one tensor the op agrees to produce or scan (2^40).
@@ -302,9 +304,15 @@ impl Geometry {
             4,
             "[batch, num_kv_heads, past_tokens, head_dim]",
         )?;
-        if pv[0] != batch || pv[1] != kv_heads || pv[3] != head_dim {
+        let row = head_dim + s.value_row_extra;
+        if pv[0] != batch || pv[1] != kv_heads || pv[3] != row {
+            let last = if s.value_row_extra > 0 {
+                format!("head_dim + {} (the row's scale) = {row}", s.value_row_extra)
+            } else {
+                format!("head_dim={head_dim}")
+            };
             return Err(invalid(format!(
-                "input 'past_value' shape {:?} must be [batch={batch}, num_kv_heads={kv_heads}, past_tokens, head_dim={head_dim}]",
+                "input 'past_value' shape {:?} must be [batch={batch}, num_kv_heads={kv_heads}, past_tokens, {last}]",
                 s.past_value
             )));
         }

@@ -38,11 +38,11 @@ impl OnlineSoftmax {
         true
     }
 
-    /// Adds `Σ_t weights[t] · rows[t]` (weights from [`Self::absorb_scores`]); with `copy_to`,
-    /// copies the rows there in the same pass.
+    /// Adds `Σ_t weights[t] · rows[t]` (weights from [`Self::absorb_scores`], overwritten for
+    /// scaled rows); with `copy_to`, copies the rows there in the same pass.
     pub fn accumulate<V: ValueElem>(
         &mut self,
-        weights: &[f32],
+        weights: &mut [f32],
         rows: &[V],
         copy_to: Option<&mut [V]>,
         stream: bool,

@@ -1,15 +1,36 @@
 use half::f16;
 
-/// Element type of the value cache: float32 or float16 (stored as IEEE half).
+/// Element type of the value cache: float32, float16 (stored as IEEE half), or int8 rows with a
+/// scale per row (token and head: KIVI's per-token choice for values).
+///
+/// A cache row holds `D + ROW_EXTRA` elements: the D values, then (int8 only) the row's scale as
+/// the four little-endian bytes of a float32; value `c` of an int8 row is `scale · q[c]`.
 pub trait ValueElem: Copy + Send + Sync + 'static {
     const NAME: &'static str;
+    /// Elements after the D values of each cache row.
+    const ROW_EXTRA: usize = 0;
+    /// Element type of the full-precision key window kept beside a cache of this type.
+    type Window: ValueElem;
+    /// The element as a float (for int8: the quantized integer, without the row's scale).
     fn to_f32(self) -> f32;
     fn from_f32(x: f32) -> Self;
-    /// `acc += Σ_t probs[t] · rows[t]`, optionally copying the rows; see
-    /// [`super::simd::accumulate_rows_f32`].
+    /// Stores D floats as one cache row (`dst.len() = D + ROW_EXTRA`).
+    fn store_row(src: &[f32], dst: &mut [Self]) {
+        for (d, &x) in dst.iter_mut().zip(src) {
+            *d = Self::from_f32(x);
+        }
+    }
+    /// The D values a cache row stands for (`out.len() = D`).
+    fn load_row(row: &[Self], out: &mut [f32]) {
+        for (o, &x) in out.iter_mut().zip(row) {
+            *o = x.to_f32();
+        }
+    }
+    /// `acc += Σ_t weights[t] · value(row t)`, optionally copying the rows; see
+    /// [`super::simd::accumulate_rows_f32`]. `weights` may be overwritten.
     fn accumulate_rows(
         acc: &mut [f32],
-        probs: &[f32],
+        weights: &mut [f32],
         rows: &[Self],
         copy_to: Option<&mut [Self]>,
         stream: bool,
@@ -18,6 +39,7 @@ pub trait ValueElem: Copy + Send + Sync + 'static {
 
 impl ValueElem for f32 {
     const NAME: &'static str = "float32";
+    type Window = f32;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
@@ -29,17 +51,18 @@ impl ValueElem for f32 {
     #[inline(always)]
     fn accumulate_rows(
         acc: &mut [f32],
-        probs: &[f32],
+        weights: &mut [f32],
         rows: &[Self],
         copy_to: Option<&mut [Self]>,
         stream: bool,
     ) {
-        super::simd::accumulate_rows_f32(acc, probs, rows, copy_to, stream)
+        super::simd::accumulate_rows_f32(acc, weights, rows, copy_to, stream)
     }
 }
 
 impl ValueElem for f16 {
     const NAME: &'static str = "float16";
+    type Window = f16;
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
@@ -51,11 +74,69 @@ impl ValueElem for f16 {
     #[inline(always)]
     fn accumulate_rows(
         acc: &mut [f32],
-        probs: &[f32],
+        weights: &mut [f32],
         rows: &[Self],
         copy_to: Option<&mut [Self]>,
         stream: bool,
     ) {
-        super::simd::accumulate_rows_f16(acc, probs, rows, copy_to, stream)
+        super::simd::accumulate_rows_f16(acc, weights, rows, copy_to, stream)
+    }
+}
+
+/// The scale stored at the end of an int8 row.
+#[inline(always)]
+pub fn int8_row_scale(row: &[i8]) -> f32 {
+    let n = row.len();
+    f32::from_le_bytes([row[n - 4], row[n - 3], row[n - 2], row[n - 1]].map(|b| b as u8))
+}
+
+impl ValueElem for i8 {
+    const NAME: &'static str = "int8";
+    const ROW_EXTRA: usize = 4;
+    type Window = f16;
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+    #[inline(always)]
+    fn from_f32(x: f32) -> Self {
+        x.round().clamp(-127.0, 127.0) as i8
+    }
+    /// Symmetric absmax quantization: `scale = max|x| / 127`, `q = round(x / scale)`; a zero row
+    /// has scale 0. A non-finite value makes the scale non-finite (the row reads back as NaN, as
+    /// a float cache would carry it).
+    fn store_row(src: &[f32], dst: &mut [Self]) {
+        let d = src.len();
+        let amax = src.iter().fold(0.0f32, |m, &x| {
+            if x.is_finite() {
+                m.max(x.abs())
+            } else {
+                f32::NAN
+            }
+        });
+        let scale = amax / 127.0;
+        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        for (q, &x) in dst[..d].iter_mut().zip(src) {
+            *q = Self::from_f32(x * inv);
+        }
+        for (q, b) in dst[d..d + 4].iter_mut().zip(scale.to_le_bytes()) {
+            *q = b as i8;
+        }
+    }
+    fn load_row(row: &[Self], out: &mut [f32]) {
+        let scale = int8_row_scale(row);
+        for (o, &q) in out.iter_mut().zip(row) {
+            *o = scale * q as f32;
+        }
+    }
+    #[inline(always)]
+    fn accumulate_rows(
+        acc: &mut [f32],
+        weights: &mut [f32],
+        rows: &[Self],
+        copy_to: Option<&mut [Self]>,
+        _stream: bool,
+    ) {
+        super::simd::accumulate_rows_int8(acc, weights, rows, copy_to)
     }
 }

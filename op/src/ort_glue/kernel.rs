@@ -13,7 +13,9 @@ use crate::kernels::{
     lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs, Geometry, KeyTransforms,
     LookatError, ParallelFor, PreparedCodebooks, ShapeInputs, ValueElem,
 };
-use lookat_contract::{attr, input, output, window, CodebookShape};
+use lookat_contract::{attr, input, output, window, CodebookShape, ValueType};
+
+use super::op::ort_type;
 
 use ONNXTensorElementDataType::{
     ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT as FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 as INT64,
@@ -27,7 +29,7 @@ pub(crate) struct LookatKernel {
     num_heads: i64,
     num_kv_heads: i64,
     options: AttentionOptions,
-    value_type: ONNXTensorElementDataType,
+    value_type: ValueType,
     /// The codebooks checked and laid out once at creation, when they are an initializer.
     prepared: Option<PreparedCodebooks>,
     /// The key/query transforms checked once at creation, when both are initializers.
@@ -61,7 +63,7 @@ impl LookatKernel {
     pub unsafe fn create(
         api: Api,
         info: *const OrtKernelInfo,
-        value_type: ONNXTensorElementDataType,
+        value_type: ValueType,
     ) -> Result<LookatKernel, String> {
         let raw = api.raw();
         // SAFETY: info is valid (caller).
@@ -384,8 +386,9 @@ impl LookatKernel {
                 let (b, last) = (q.first().copied().unwrap_or(0), q.last().copied().unwrap_or(0));
                 let d = if q.len() == 4 { last } else { last / self.num_heads };
                 let m = codebooks.1.shape.get(1).copied().unwrap_or(0);
+                let row = d + self.value_type.row_extra() as i64;
                 let empty = |elem, last| (std::ptr::null::<OrtValue>(), TensorInfo { elem, shape: vec![b, self.num_kv_heads, 0, last] });
-                (empty(UINT8, m), empty(self.value_type, d))
+                (empty(UINT8, m), empty(ort_type(self.value_type), row))
             }
             _ => {
                 return Err(invalid(
@@ -449,7 +452,7 @@ impl LookatKernel {
             ("key", &key.1, FLOAT),
             ("value", &value.1, FLOAT),
             ("past_key_codes", &past_codes.1, UINT8),
-            ("past_value", &past_value.1, self.value_type),
+            ("past_value", &past_value.1, ort_type(self.value_type)),
             ("codebooks", &codebooks.1, FLOAT),
         ] {
             expect_type(name, t, want).map_err(invalid)?;
@@ -458,7 +461,8 @@ impl LookatKernel {
             expect_type("attention_mask", t, INT64).map_err(invalid)?;
         }
         if let Some((_, t)) = &past_window {
-            expect_type("past_key_window", t, self.value_type).map_err(invalid)?;
+            expect_type("past_key_window", t, ort_type(self.value_type.window()))
+                .map_err(invalid)?;
         }
 
         let g = Geometry::from_shapes(
@@ -471,6 +475,7 @@ impl LookatKernel {
                 attention_mask: mask.as_ref().map(|(_, t)| t.shape.as_slice()),
                 codebooks: &codebooks.1.shape,
                 past_sequence_length,
+                value_row_extra: self.value_type.row_extra(),
             },
             self.num_heads,
             self.num_kv_heads,
@@ -507,7 +512,7 @@ impl LookatKernel {
             None => (
                 std::ptr::null(),
                 TensorInfo {
-                    elem: self.value_type,
+                    elem: ort_type(self.value_type.window()),
                     shape: vec![g.batch as i64, g.kv_heads as i64, 0, g.head_dim as i64],
                 },
             ),
@@ -521,7 +526,12 @@ impl LookatKernel {
         let out_shapes: [Vec<i64>; 4] = [
             vec![g.batch as i64, g.new_tokens as i64, g.hidden() as i64],
             vec![g.batch as i64, g.kv_heads as i64, t_n, g.subspaces as i64],
-            vec![g.batch as i64, g.kv_heads as i64, t_n, g.head_dim as i64],
+            vec![
+                g.batch as i64,
+                g.kv_heads as i64,
+                t_n,
+                self.value_type.row_len(g.head_dim) as i64,
+            ],
             vec![
                 g.batch as i64,
                 g.kv_heads as i64,
@@ -575,10 +585,16 @@ impl LookatKernel {
         // SAFETY: every tensor was type-checked above and the outputs were just allocated with
         // these shapes; the value cache's type is the kernel's `value_type`.
         unsafe {
-            if self.value_type == FLOAT {
-                self.run_typed::<f32>(&g, &tensors, prepared, transforms, &pool)?;
-            } else {
-                self.run_typed::<f16>(&g, &tensors, prepared, transforms, &pool)?;
+            match self.value_type {
+                ValueType::Float32 => {
+                    self.run_typed::<f32>(&g, &tensors, prepared, transforms, &pool)?
+                }
+                ValueType::Float16 => {
+                    self.run_typed::<f16>(&g, &tensors, prepared, transforms, &pool)?
+                }
+                ValueType::Int8 => {
+                    self.run_typed::<i8>(&g, &tensors, prepared, transforms, &pool)?
+                }
             }
         }
         pool.finish()
@@ -618,12 +634,13 @@ impl LookatKernel {
         past: [&(*const OrtValue, TensorInfo); 2],
         present: [*mut OrtValue; 2],
     ) -> Result<bool, LookatError> {
-        let elem_bytes = [1, if self.value_type == FLOAT { 4 } else { 2 }];
+        let elem_bytes = [1, self.value_type.elem_bytes()];
         let mut shared = [false; 2];
         for i in 0..2 {
             let (input, info) = past[i];
             let rows = g.batch * g.kv_heads * g.present_rows();
-            let (in_count, out_count) = (info.count(), rows * [g.subspaces, g.head_dim][i]);
+            let row = [g.subspaces, self.value_type.row_len(g.head_dim)][i];
+            let (in_count, out_count) = (info.count(), rows * row);
             if input.is_null() || in_count == 0 || out_count == 0 {
                 continue;
             }
@@ -706,7 +723,7 @@ impl LookatKernel {
                     attention_mask,
                     codebooks: input_slice(api, &t.codebooks)?,
                     prepared: Some(prepared),
-                    past_key_window: input_slice::<V>(api, &t.past_window)?,
+                    past_key_window: input_slice::<V::Window>(api, &t.past_window)?,
                     transforms,
                 },
                 AttentionOutputs {
@@ -716,7 +733,7 @@ impl LookatKernel {
                     present_key_window: if t.outputs[3].is_null() {
                         &mut []
                     } else {
-                        output_slice::<V>(api, t.outputs[3], &t.shapes[3])?
+                        output_slice::<V::Window>(api, t.outputs[3], &t.shapes[3])?
                     },
                 },
                 pool,

@@ -13,22 +13,32 @@ use ort_sys::{
     OrtSessionOptions, OrtStatusPtr,
 };
 
-use lookat_contract::{input, output, Elem};
+use lookat_contract::{input, output, Elem, ValueType};
 
 use super::api::Api;
 use super::kernel::LookatKernel;
 
 use ONNXTensorElementDataType::{
     ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT as FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 as FLOAT16,
-    ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 as INT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 as UINT8,
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 as INT64, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 as INT8,
+    ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 as UINT8,
 };
+
+/// The ORT element type of a value cache (or key window) of type `v`.
+pub(crate) fn ort_type(v: ValueType) -> ONNXTensorElementDataType {
+    match v {
+        ValueType::Float32 => FLOAT,
+        ValueType::Float16 => FLOAT16,
+        ValueType::Int8 => INT8,
+    }
+}
 
 /// An `OrtCustomOp` followed by what our callbacks need to know about it. ORT hands the callbacks
 /// a pointer to the first field, which `#[repr(C)]` makes a pointer to the whole.
 #[repr(C)]
 pub(crate) struct LookatOp {
     base: OrtCustomOp,
-    pub value_type: ONNXTensorElementDataType,
+    pub value_type: ValueType,
 }
 
 // SAFETY: the table holds function pointers and plain data, never mutated after creation.
@@ -81,7 +91,9 @@ fn port_type(op: *const OrtCustomOp, elem: Elem) -> ONNXTensorElementDataType {
         Elem::Uint8 => UINT8,
         Elem::Int64 => INT64,
         // SAFETY: ORT calls back with the op pointer we registered.
-        Elem::ValueCache => unsafe { this(op) }.value_type,
+        Elem::ValueCache => ort_type(unsafe { this(op) }.value_type),
+        // SAFETY: as above.
+        Elem::KeyWindow => ort_type(unsafe { this(op) }.value_type.window()),
     }
 }
 fn characteristic(optional: bool) -> OrtCustomOpInputOutputCharacteristic {
@@ -175,7 +187,7 @@ unsafe extern "system" fn destroy_kernel(kernel: *mut c_void) {
     }
 }
 
-fn make_op(value_type: ONNXTensorElementDataType) -> LookatOp {
+fn make_op(value_type: ValueType) -> LookatOp {
     // SAFETY: OrtCustomOp holds a u32 and `Option`s of function pointers; all-zero is a valid value
     // (0 and None). Fields that exist only in newer API versions (GetMayInplace & co.) stay None:
     // ORT reads them only from ops that declare that newer version.
@@ -205,14 +217,14 @@ fn make_op(value_type: ONNXTensorElementDataType) -> LookatOp {
 }
 
 /// The op tables; every session keeps raw pointers to them, so they are never freed.
-static OPS: OnceLock<[LookatOp; 2]> = OnceLock::new();
+static OPS: OnceLock<[LookatOp; 3]> = OnceLock::new();
 
 /// Adds a `com.lookat` domain holding both kernels to `options`.
 ///
 /// # Safety
 /// `options` must be a valid `OrtSessionOptions`.
 pub(crate) unsafe fn register(api: Api, options: *mut OrtSessionOptions) -> Result<(), String> {
-    let ops = OPS.get_or_init(|| [make_op(FLOAT), make_op(FLOAT16)]);
+    let ops = OPS.get_or_init(|| ValueType::ALL.map(make_op));
     let raw = api.raw();
     let mut domain: *mut OrtCustomOpDomain = std::ptr::null_mut();
     api.check(

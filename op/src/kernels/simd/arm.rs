@@ -158,3 +158,27 @@ unsafe impl Row<Neon> for f16 {
         f16::to_f32(self)
     }
 }
+
+// SAFETY: NEON intrinsics and an unaligned 4-byte read; callers run with NEON enabled.
+unsafe impl Row<Neon> for i8 {
+    type Raw = u32;
+    #[inline(always)]
+    unsafe fn load(p: *const i8) -> (float32x4_t, u32) {
+        // SAFETY: four readable bytes (caller), read unaligned; then widened 8 → 16 → 32 bits
+        // and converted.
+        unsafe {
+            let raw = std::ptr::read_unaligned(p as *const u32);
+            let q = vreinterpret_s8_u32(vdup_n_u32(raw));
+            let wide = vmovl_s16(vget_low_s16(vmovl_s8(q)));
+            (vcvtq_f32_s32(wide), raw)
+        }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut i8, raw: u32, _stream: bool) {
+        // SAFETY: four writable bytes (caller).
+        unsafe { std::ptr::write_unaligned(p as *mut u32, raw) }
+    }
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+}

@@ -173,6 +173,84 @@ unsafe fn strip<L: Lanes, V: Row<L>, const W: usize>(
     }
 }
 
+/// The register strips of a value accumulation: columns `0..c` of `acc` (the returned `c`, a
+/// multiple of `L::N`) get `Σ_t probs[t] · rows[t·stride + col]`, and `copy` (when not null)
+/// those columns of every row.
+///
+/// # Safety
+/// `rows` (and `copy`) hold `probs.len()` rows of `stride >= acc.len()` elements; `L`'s
+/// features are enabled.
+#[inline(always)]
+unsafe fn strips<L: Lanes, V: Row<L>>(
+    acc: &mut [f32],
+    probs: &[f32],
+    rows: *const V,
+    copy: *mut V,
+    stride: usize,
+    stream: bool,
+) -> usize {
+    let d = acc.len();
+    let mut c = 0;
+    while c + L::N <= d {
+        let vectors = ((d - c) / L::N).min(L::MAX_STRIP);
+        // Strips of 16, 8, 4, 2 or 1 vectors: the widths compiled below.
+        let w = [16, 8, 4, 2, 1]
+            .into_iter()
+            .find(|&w| w <= vectors)
+            .unwrap_or(1);
+        let acc = acc.as_mut_ptr().wrapping_add(c);
+        let (rows, copy) = (
+            rows.wrapping_add(c),
+            if copy.is_null() {
+                copy
+            } else {
+                copy.wrapping_add(c)
+            },
+        );
+        // SAFETY: the strip covers columns c..c + w·N <= d of every row; L's features are on.
+        unsafe {
+            match w {
+                16 => strip::<L, V, 16>(acc, probs, rows, copy, stride, stream),
+                8 => strip::<L, V, 8>(acc, probs, rows, copy, stride, stream),
+                4 => strip::<L, V, 4>(acc, probs, rows, copy, stride, stream),
+                2 => strip::<L, V, 2>(acc, probs, rows, copy, stride, stream),
+                _ => strip::<L, V, 1>(acc, probs, rows, copy, stride, stream),
+            }
+        }
+        c += w * L::N;
+    }
+    c
+}
+
+/// `acc[c] += Σ_t weights[t] · rows[t·stride + c]` over rows longer than `acc` (the int8 rows,
+/// whose scale follows the values), rows of weight 0 skipped.
+///
+/// # Safety
+/// Called from code compiled with `L`'s features.
+#[inline(always)]
+pub unsafe fn accumulate_strided<L: Lanes, V: Row<L>>(
+    acc: &mut [f32],
+    weights: &[f32],
+    rows: &[V],
+    stride: usize,
+) {
+    let d = acc.len();
+    assert!(stride >= d, "row stride");
+    assert_eq!(rows.len(), weights.len() * stride, "rows and weights");
+    // SAFETY: L's features are on; rows holds weights.len() rows of `stride` elements.
+    let c = unsafe {
+        strips::<L, V>(
+            acc,
+            weights,
+            rows.as_ptr(),
+            std::ptr::null_mut(),
+            stride,
+            false,
+        )
+    };
+    scalar::accumulate_strided(acc, weights, rows, stride, c, V::to_f32);
+}
+
 /// `acc[c] += Σ_t probs[t] · rows[t·D + c]`, copying the rows to `copy_to` in the same pass (see
 /// [`super::accumulate_rows_f32`]).
 ///
@@ -200,35 +278,8 @@ pub unsafe fn accumulate_rows<L: Lanes, V: Row<L>>(
         && !copy.is_null()
         && (copy as usize).is_multiple_of(width)
         && (d * std::mem::size_of::<V>()).is_multiple_of(width);
-    let mut c = 0;
-    while c + L::N <= d {
-        let vectors = ((d - c) / L::N).min(L::MAX_STRIP);
-        // Strips of 16, 8, 4, 2 or 1 vectors: the widths compiled below.
-        let w = [16, 8, 4, 2, 1]
-            .into_iter()
-            .find(|&w| w <= vectors)
-            .unwrap_or(1);
-        let acc = acc.as_mut_ptr().wrapping_add(c);
-        let (rows, copy) = (
-            rows.as_ptr().wrapping_add(c),
-            if copy.is_null() {
-                copy
-            } else {
-                copy.wrapping_add(c)
-            },
-        );
-        // SAFETY: the strip covers columns c..c + w·N <= d of every row; L's features are on.
-        unsafe {
-            match w {
-                16 => strip::<L, V, 16>(acc, probs, rows, copy, d, stream),
-                8 => strip::<L, V, 8>(acc, probs, rows, copy, d, stream),
-                4 => strip::<L, V, 4>(acc, probs, rows, copy, d, stream),
-                2 => strip::<L, V, 2>(acc, probs, rows, copy, d, stream),
-                _ => strip::<L, V, 1>(acc, probs, rows, copy, d, stream),
-            }
-        }
-        c += w * L::N;
-    }
+    // SAFETY: L's features are on; rows (and copy) hold probs.len() rows of d elements.
+    let c = unsafe { strips::<L, V>(acc, probs, rows.as_ptr(), copy, d, stream) };
     if stream {
         // SAFETY: L's features are on. Streaming stores are weakly ordered: fence them before
         // the pool reports completion.

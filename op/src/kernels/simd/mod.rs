@@ -118,6 +118,23 @@ macro_rules! entry_points {
         /// # Safety
         /// As above.
         #[target_feature(enable = $features)]
+        pub unsafe fn accumulate_strided<V: $crate::kernels::simd::lanes::Row<$lanes>>(
+            acc: &mut [f32],
+            weights: &[f32],
+            rows: &[V],
+            stride: usize,
+        ) {
+            // SAFETY: as above.
+            unsafe {
+                $crate::kernels::simd::lanes::accumulate_strided::<$lanes, V>(
+                    acc, weights, rows, stride,
+                )
+            }
+        }
+
+        /// # Safety
+        /// As above.
+        #[target_feature(enable = $features)]
         pub unsafe fn build_luts<'a>(
             book: &$crate::kernels::codebook::PreparedCodebook,
             n: usize,
@@ -184,6 +201,31 @@ pub fn accumulate_rows_f16(
 ) {
     dispatch!(accumulate_rows(acc, probs, rows, copy_to, stream)
         else scalar::accumulate_rows_f16(acc, probs, rows, copy_to))
+}
+
+/// [`accumulate_rows_f32`] for int8 rows (D values, then the row's float32 scale in four bytes;
+/// `rows.len() = weights.len() · (D + 4)`): each nonzero weight is multiplied by its row's scale
+/// (in place), then the int8 values are widened to float32 in registers and accumulated. With
+/// `copy_to`, the rows (scales included) are copied first.
+#[inline]
+pub fn accumulate_rows_int8(
+    acc: &mut [f32],
+    weights: &mut [f32],
+    rows: &[i8],
+    copy_to: Option<&mut [i8]>,
+) {
+    let stride = acc.len() + 4;
+    assert_eq!(rows.len(), weights.len() * stride, "int8 rows and weights");
+    for (w, row) in weights.iter_mut().zip(rows.chunks_exact(stride)) {
+        if *w != 0.0 {
+            *w *= super::value::int8_row_scale(row);
+        }
+    }
+    if let Some(dst) = copy_to {
+        dst.copy_from_slice(rows);
+    }
+    dispatch!(accumulate_strided(acc, weights, rows, stride)
+        else scalar::accumulate_strided(acc, weights, rows, stride, 0, |q: i8| q as f32))
 }
 
 /// `acc *= c`.

@@ -74,3 +74,26 @@ pub fn accumulate_rows_f16(
 ) {
     accumulate_rows(acc, probs, rows, copy_to, f16::to_f32)
 }
+
+/// `acc[c] += Σ_t weights[t] · rows[t·stride + c]` for columns `from..D`, skipping rows of weight
+/// exactly 0.
+pub fn accumulate_strided<V: Copy>(
+    acc: &mut [f32],
+    weights: &[f32],
+    rows: &[V],
+    stride: usize,
+    from: usize,
+    to_f32: impl Fn(V) -> f32,
+) {
+    let d = acc.len();
+    if from >= d {
+        return;
+    }
+    for (&w, row) in weights.iter().zip(rows.chunks_exact(stride)) {
+        if w != 0.0 {
+            for (a, &v) in acc[from..].iter_mut().zip(&row[from..d]) {
+                *a += w * to_f32(v);
+            }
+        }
+    }
+}

@@ -165,3 +165,24 @@ unsafe impl Row<Avx2> for f16 {
         f16::to_f32(self)
     }
 }
+
+// SAFETY: SSE2/AVX2 integer intrinsics only; callers run with the features.
+unsafe impl Row<Avx2> for i8 {
+    type Raw = __m128i;
+    #[inline(always)]
+    unsafe fn load(p: *const i8) -> (__m256, __m128i) {
+        // SAFETY: eight readable bytes (caller); sign-extended to eight int32, then converted.
+        unsafe {
+            let q = _mm_loadl_epi64(p as *const __m128i);
+            (_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), q)
+        }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut i8, raw: __m128i, _stream: bool) {
+        // SAFETY: eight writable bytes (caller).
+        unsafe { _mm_storel_epi64(p as *mut __m128i, raw) }
+    }
+    fn to_f32(self) -> f32 {
+        self as f32
+    }
+}
