@@ -1,215 +1,184 @@
-"""Benchmark (not a test): end-to-end greedy decode throughput of the ORIGINAL trained GPT-2 fixture
-against its CALIBRATED LookatAttention rewrite (out/demo/calibrated.onnx from scripts/demo.sh), both
-through onnxruntime sessions in this one process, same thread setting, measured side by side.
+"""Benchmark (not a test): end-to-end decode throughput of whole models, original against
+LOOKAT rewrites, through onnxruntime with IOBinding (python/lookat/decode.py's CacheDecoder).
 
-For each context length T: prefill T prompt tokens (random ids, the same for both models), then time
---steps decode steps, each rebinding the present caches as the next pasts through IOBinding
-(OrtValues, no Python copies; only the logits come back to numpy). The original decodes greedily; the
-calibrated model is teacher-forced with the original's tokens, and its argmax is compared to the
-original's (next-token agreement). Prints median per-token latency, tokens/s, the calibrated/original
-ratio, cache bytes per token (from the actual present outputs) and rough MAC / byte shares of the
-attention in a decode step. Usage:
-    .venv/bin/python scripts/bench_e2e.py [--threads 2] [--steps 32] [--contexts 256,960] [--json out.json]
+Models: SmolLM2-135M (30 layers, 9 query / 3 kv heads; models/fixtures/smollm2/dyn18-eager-kv.onnx)
+and the trained GPT-2 fixture (2 layers; contexts up to its 1024 positions). Rewrites at the
+README's recommended setting (m = 16, transforms, 4 sinks + 64 recent keys in float16) with each
+value type (float32, float16, int8 rows), copying (compact caches) and shared (one max-length
+buffer per cache tensor bound as past and present). Codebooks and transforms are seeded random
+(identity transforms): decode speed does not depend on their values, and quality is measured
+elsewhere (docs/RESULTS.md).
+
+For each model, context T and batch B, every variant runs in a fresh process (so that its peak
+RSS is its own): a cache of T tokens is set directly (random contents: a real prefill of 8000
+tokens would cost minutes per variant and does not change the decode step), then --steps decode
+steps with random token ids are timed; the processes of one (T, B) run in turn, --rounds times.
+Printed: median ms per step and tokens/s (B tokens per step), the ratio to the original, the
+cache bytes per sequence at T and the process's peak RSS. Usage:
+    .venv/bin/python scripts/bench_e2e.py [--threads 2] [--steps 8] [--rounds 2] [--json out.json]
 """
 
 import argparse
 import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import time
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
-from lookat_testlib import plugin_path, session  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "python", "lookat"))
 
-ORIGINAL = os.path.join(ROOT, "models", "fixtures", "trained", "dyn18-eager-kv.onnx")
-CALIBRATED = os.path.join(ROOT, "out", "demo", "calibrated.onnx")
-ITEMSIZE = {"tensor(float)": 4, "tensor(float16)": 2, "tensor(uint8)": 1, "tensor(int8)": 1, "tensor(int64)": 8}
-
-
-def prompt_ids(n, vocab, seed):
-    """n random token ids: throughput does not depend on the text, and held-out text quality is
-    measured by lookat-generate and scripts/results.sh."""
-    return np.random.default_rng(seed).integers(0, vocab, n).astype(np.int64), f"random ids (seed {seed})"
+MODELS = {
+    "smollm2": dict(path="models/fixtures/smollm2/dyn18-eager-kv.onnx", contexts=[512, 2048, 8000]),
+    "gpt2-fixture": dict(path="models/fixtures/trained/dyn18-eager-kv.onnx", contexts=[512]),
+}
+REWRITE = ["--subspaces", "16", "--transform", "--sinks", "4", "--window", "64"]
+VALUES = {"f32": "f32", "f16": "f16", "int8": "i8"}
 
 
-# ---- sessions and one IOBinding step -----------------------------------------------------------
-
-class Decoder:
-    """One model's session, its cache I/O names and an empty cache of the right dtypes."""
-
-    def __init__(self, name, path, threads):
-        self.name = name
-        self.sess = session(path, threads)
-        self.inputs = [i.name for i in self.sess.get_inputs()]
-        self.past = [n for n in self.inputs if n.startswith("past_key_values.")]
-        self.outputs = [o.name for o in self.sess.get_outputs()]
-        self.present = [n.replace("past_key_values.", "present.") for n in self.past]
-        assert self.outputs[0] == "logits" and set(self.present) <= set(self.outputs), (self.inputs, self.outputs)
-        types = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
-        self.empty = {}
-        for i in self.sess.get_inputs():
-            if i.name in self.past:
-                shape = [1, i.shape[1], 0, i.shape[3]]
-                self.empty[i.name] = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, types[i.type]))
-
-    def step(self, ids, cache, past_len):
-        """Run ids (1-D int64) after a cache of past_len tokens; returns (logits numpy [S, V], new cache)."""
-        s = len(ids)
-        b = self.sess.io_binding()
-        feeds = {"input_ids": ids.reshape(1, s), "attention_mask": np.ones((1, past_len + s), np.int64),
-                 "position_ids": np.arange(past_len, past_len + s, dtype=np.int64).reshape(1, s)}
-        for k, v in feeds.items():
-            if k in self.inputs:
-                b.bind_cpu_input(k, v)
-        for n in self.past:
-            b.bind_ortvalue_input(n, cache[n])
-        for n in ["logits"] + self.present:
-            b.bind_output(n, "cpu")
-        self.sess.run_with_iobinding(b)
-        outs = b.get_outputs()
-        new = {p: o for p, o in zip(self.past, outs[1:])}
-        return outs[0].numpy()[0], new
-
-    @staticmethod
-    def cache_bytes(cache):
-        return sum(int(np.prod(v.shape())) * ITEMSIZE[v.data_type()] for v in cache.values())
+def fill(path, seed=0):
+    """Seeded random codebooks and identity transforms in place of the rewrite's NaNs (the
+    weights stay external, referenced, not loaded)."""
+    import onnx
+    from onnx import numpy_helper
+    m = onnx.load(path, load_external_data=False)
+    rng = np.random.default_rng(seed)
+    for init in m.graph.initializer:
+        if init.name.startswith("lookat.codebooks."):
+            data = rng.normal(0, 1, tuple(init.dims)).astype(np.float32)
+        elif init.name.startswith(("lookat.key_transform.", "lookat.query_transform.")):
+            heads, d, _ = init.dims
+            data = np.broadcast_to(np.eye(d, dtype=np.float32), (heads, d, d)).copy()
+        else:
+            continue
+        init.CopyFrom(numpy_helper.from_array(data, init.name))
+    onnx.save(m, path)
 
 
-def run_once(dec, prompt, forced, steps):
-    """Prefill, then `steps` decode steps. forced None: greedy (returns its tokens); else feed forced[i].
-    Returns (prefill_s, per-step seconds, argmax per position incl. the prefill's, cache bytes/token)."""
-    t0 = time.perf_counter()
-    logits, cache = dec.step(prompt, dec.empty, 0)
-    prefill = time.perf_counter() - t0
-    preds = [int(np.argmax(logits[-1]))]
+def rewrite_all(model):
+    """The original and its rewrites, {label: path}; the rewrites sit next to the export (its
+    external weights are referenced, not copied) as .bench-* files."""
+    src = os.path.join(ROOT, MODELS[model]["path"])
+    out = {"original": src}
+    for label, dtype in VALUES.items():
+        for shared in (False, True):
+            name = f"lookat {label}" + (" shared" if shared else "")
+            path = os.path.join(os.path.dirname(src), f".bench-{label}{'-shared' if shared else ''}.onnx")
+            cmd = [os.path.join(ROOT, "target", "release", "lookat-rewrite"), src, "-o", path, *REWRITE,
+                   "--value-dtype", dtype] + (["--shared-cache"] if shared else [])
+            subprocess.run(cmd, check=True, capture_output=True)
+            fill(path)
+            out[name] = path
+    return out
+
+
+def run_one(path, context, batch, steps, threads):
+    """In this process: a decoder with a random cache of `context` tokens, `steps` timed decode
+    steps. Returns seconds per step, cache bytes and peak RSS."""
+    import onnxruntime as ort
+    from decode import CacheDecoder, DTYPES, MAX_SEQUENCE_LENGTH
+    from lookat_testlib import plugin_path
+
+    opts = ort.SessionOptions()
+    opts.register_custom_ops_library(plugin_path())
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    dec = CacheDecoder(sess, max_length=context + steps + 2, batch=batch)
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for i in sess.get_inputs():
+        if not i.name.startswith("past_key_values."):
+            continue
+        dtype = DTYPES[i.type]
+        rows = context if i.shape[2] != "past_window" else min(context, 68)
+        shape = (batch, i.shape[1], rows, i.shape[3])
+        if dtype == np.uint8:
+            arrays[i.name] = rng.integers(0, 256, shape).astype(np.uint8)
+        elif dtype == np.int8:
+            a = rng.integers(-127, 128, shape).astype(np.int8)
+            a[..., -4:] = np.frombuffer(np.full(shape[:3], 0.01, np.float32).tobytes(), np.int8).reshape(*shape[:3], 4)
+            arrays[i.name] = a
+        else:
+            arrays[i.name] = (rng.standard_normal(shape) * 0.5).astype(dtype)
+    dec.set_cache(arrays, context)
+    del arrays
+    vocab = sess.get_outputs()[0].shape[-1]
+    vocab = vocab if isinstance(vocab, int) else 1000
+    dec.step(rng.integers(0, vocab, (batch, 1)))  # warm-up
     times = []
-    past = len(prompt)
-    for i in range(steps):
-        tok = preds[-1] if forced is None else forced[i]
+    for _ in range(steps):
+        ids = rng.integers(0, vocab, (batch, 1))
         t0 = time.perf_counter()
-        logits, cache = dec.step(np.array([tok], np.int64), cache, past)
-        preds.append(int(np.argmax(logits[-1])))
+        dec.step(ids)
         times.append(time.perf_counter() - t0)
-        past += 1
-    return prefill, times, preds, Decoder.cache_bytes(cache) / past
-
-
-def shares(m, t):
-    """Approximate per-decode-token MACs and bytes read of graph `m` (weights not loaded): the weights vs
-    the attention over t cached tokens."""
-    weights = sum(int(np.prod(i.dims)) * 4 for i in m.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
-    dims = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in m.graph.input}
-    layers = sum(1 for n in dims if n.startswith("past_key_values.") and n.endswith(".key"))
-    h, d = dims["past_key_values.0.key"][1], dims["past_key_values.0.key"][3]
-    vocab = [x.dim_value for x in m.graph.output[0].type.tensor_type.shape.dim][2]
-    e = h * d
-    lm = e * vocab
-    blocks = layers * 12 * e * e  # qkv 3E², out 1E², MLP 8E² (GPT-2, MLP width 4E)
-    attn = layers * h * t * d * 2  # q·K and p·V
-    return dict(lm_head_macs=lm, block_linear_macs=blocks, attention_macs=attn,
-                attention_mac_share=attn / (lm + blocks + attn), weight_bytes=weights,
-                layers=layers, heads=h, head_dim=d, vocab=vocab)
+    # Cache bytes of the sequences at T (shared buffers: their valid rows).
+    dec.length = context
+    cache = dec.cache_bytes()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return dict(seconds_per_step=statistics.median(times), cache_bytes=cache, peak_rss_bytes=rss)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=32, help="decode steps per run (default 32)")
-    ap.add_argument("--contexts", default="256,960", help="prompt lengths, comma separated (default 256,960)")
-    ap.add_argument("--reps", type=int, default=8, help="prefill+decode runs per model and context (default 8)")
-    ap.add_argument("--original", default=ORIGINAL)
-    ap.add_argument("--calibrated", default=CALIBRATED)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--models", default="smollm2,gpt2-fixture")
+    ap.add_argument("--contexts", help="override every model's contexts (comma separated)")
+    ap.add_argument("--batches", default="1,4")
     ap.add_argument("--json")
+    ap.add_argument("--one", nargs=5, metavar=("PATH", "T", "B", "STEPS", "THREADS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    contexts = [int(c) for c in args.contexts.split(",") if c.strip()]
-    if not os.path.isfile(args.calibrated):
-        sys.exit(f"bench_e2e: calibrated model {args.calibrated} is missing: run ./scripts/demo.sh first")
-    if not os.path.isfile(args.original):
-        sys.exit(f"bench_e2e: original model {args.original} is missing")
-    try:
-        plugin_path()
-    except FileNotFoundError as e:
-        sys.exit(f"bench_e2e: {e}")
-    n_pos = 1024
-    if max(contexts) + args.steps > n_pos:
-        sys.exit(f"bench_e2e: context {max(contexts)} + {args.steps} steps exceeds n_positions = {n_pos}")
-
-    orig = Decoder("original", args.original, args.threads)
-    cal = Decoder("calibrated", args.calibrated, args.threads)
-    graph = onnx.load(args.original, load_external_data=False)
-    sh0 = shares(graph, 0)
-    ids, source = prompt_ids(max(contexts), sh0["vocab"], args.seed)
-    print(f"onnxruntime {ort.__version__}, threads {args.threads}; {sh0['layers']} layers, {sh0['heads']} heads, "
-          f"head dim {sh0['head_dim']}, vocab {sh0['vocab']}; prompt: {source}")
-    nodes = {"o": len(graph.graph.node), "c": len(onnx.load(args.calibrated, load_external_data=False).graph.node)}
-    print(f"original   {os.path.relpath(args.original, ROOT)} ({nodes['o']} nodes)\n"
-          f"calibrated {os.path.relpath(args.calibrated, ROOT)} ({nodes['c']} nodes)")
-
-    # Warm-up: one short prefill + a few steps per model.
-    for dec in (orig, cal):
-        run_once(dec, ids[:32], None, 4)
-
+    if args.one:
+        path, t, b, steps, threads = args.one
+        print(json.dumps(run_one(path, int(t), int(b), int(steps), int(threads))))
+        return None
+    import onnxruntime as ort
+    batches = [int(x) for x in args.batches.split(",")]
     results = []
-    hdr = (f"\n{'T':>5} {'model':10} {'prefill ms':>10} {'ms/token':>9} {'tok/s':>8} {'ratio':>6} "
-           f"{'cache B/tok':>11} {'agree':>7}")
-    print(hdr)
-    for t in contexts:
-        prompt = ids[:t]
-        times = {"original": [], "calibrated": []}
-        prefills = {"original": [], "calibrated": []}
-        agree = None
-        for rep in range(args.reps):
-            # Interleaved: the original decodes greedily, then the calibrated model replays its tokens.
-            p, st, ref, bpt_o = run_once(orig, prompt, None, args.steps)
-            prefills["original"].append(p)
-            times["original"] += st
-            p, st, got, bpt_c = run_once(cal, prompt, ref[:-1], args.steps)
-            prefills["calibrated"].append(p)
-            times["calibrated"] += st
-            if rep == 0:
-                # Position 0 is the prefill's prediction; 1.. are the teacher-forced decode steps.
-                agree = sum(a == b for a, b in zip(ref, got)) / len(ref)
-                first_diff = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), None)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        ratio = med["original"] / med["calibrated"]
-        sh = shares(graph, t + args.steps // 2)
-        cache_mid = bpt_o * (t + args.steps // 2)
-        row = dict(context=t, steps=args.steps, reps=args.reps,
-                   original=dict(prefill_ms=1e3 * statistics.median(prefills["original"]), ms_per_token=1e3 * med["original"],
-                                 tokens_per_s=1 / med["original"], cache_bytes_per_token=bpt_o),
-                   calibrated=dict(prefill_ms=1e3 * statistics.median(prefills["calibrated"]), ms_per_token=1e3 * med["calibrated"],
-                                   tokens_per_s=1 / med["calibrated"], cache_bytes_per_token=bpt_c),
-                   speedup_calibrated_vs_original=ratio, next_token_agreement=agree, first_disagreement_step=first_diff,
-                   original_greedy_tokens=ref, graph_nodes=nodes, attention_mac_share=sh["attention_mac_share"],
-                   cache_byte_share_original=cache_mid / (cache_mid + sh["weight_bytes"]))
-        results.append(row)
-        for k in ("original", "calibrated"):
-            r = row[k]
-            print(f"{t:>5} {k:10} {r['prefill_ms']:10.1f} {r['ms_per_token']:9.3f} {r['tokens_per_s']:8.1f} "
-                  f"{(ratio if k == 'calibrated' else 1.0):5.2f}x {r['cache_bytes_per_token']:11.0f} "
-                  f"{(f'{agree:7.1%}' if k == 'calibrated' else ''):>7}")
-    print(f"\nratio = tok/s calibrated / tok/s original (>1: calibrated faster); agree = next-token argmax "
-          f"agreement over the prefill + {args.steps} teacher-forced steps (first run).")
-    print(f"Work per decode token of this fixture: the LM head is {sh0['lm_head_macs'] / 1e6:.1f}M MACs "
-          f"and the blocks' linears {sh0['block_linear_macs'] / 1e6:.1f}M, and {sh0['weight_bytes'] / 2**20:.0f} MiB of "
-          f"fp32 weights are read, vs the attention:")
-    for r in results:
-        t = r["context"]
-        print(f"  T={t:<5} attention {shares(graph, t)['attention_macs'] / 1e6:.2f}M MACs "
-              f"({r['attention_mac_share']:.1%} of MACs; LOOKAT speeds up only its q·K half), original KV cache "
-              f"{r['original']['cache_bytes_per_token'] * t / 2**20:.1f} MiB ({r['cache_byte_share_original']:.1%} of bytes read)")
+    made = []
+    try:
+        for model in args.models.split(","):
+            paths = rewrite_all(model)
+            made += [p for label, p in paths.items() if label != "original"]
+            contexts = [int(x) for x in args.contexts.split(",")] if args.contexts else MODELS[model]["contexts"]
+            print(f"\n== {model} (onnxruntime {ort.__version__}, {args.threads} threads, {args.steps} steps x {args.rounds} rounds)")
+            print(f"{'T':>5} {'B':>2} {'variant':22} {'ms/step':>9} {'tok/s':>8} {'vs orig':>7} {'cache MiB':>10} {'peak RSS MiB':>12}")
+            for t in contexts:
+                for b in batches:
+                    runs = {label: [] for label in paths}
+                    info = {}
+                    for _ in range(args.rounds):
+                        for label, path in paths.items():
+                            out = subprocess.run([sys.executable, __file__, "--one", path, str(t), str(b), str(args.steps),
+                                                  str(args.threads)], check=True, capture_output=True, text=True).stdout
+                            r = json.loads(out.strip().splitlines()[-1])
+                            runs[label].append(r["seconds_per_step"])
+                            info[label] = r
+                    base = statistics.median(runs["original"])
+                    for label in paths:
+                        sec = statistics.median(runs[label])
+                        row = dict(model=model, context=t, batch=b, variant=label, ms_per_step=sec * 1e3,
+                                   tokens_per_s=b / sec, speedup_vs_original=base / sec,
+                                   cache_bytes=info[label]["cache_bytes"], peak_rss_bytes=info[label]["peak_rss_bytes"])
+                        results.append(row)
+                        print(f"{t:>5} {b:>2} {label:22} {sec * 1e3:9.2f} {b / sec:8.1f} {base / sec:6.2f}x "
+                              f"{row['cache_bytes'] / 2**20:10.1f} {row['peak_rss_bytes'] / 2**20:12.0f}")
+    finally:
+        for p in made:
+            if os.path.exists(p):
+                os.remove(p)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(dict(onnxruntime=ort.__version__, threads=args.threads, prompt=source,
-                           original=args.original, calibrated=args.calibrated, flops=sh0, results=results), fh, indent=1)
+            json.dump(dict(onnxruntime=ort.__version__, threads=args.threads, steps=args.steps, rounds=args.rounds,
+                           rewrite=REWRITE, results=results), fh, indent=1)
     return results
 
 

@@ -60,6 +60,7 @@ class CacheDecoder:
         self.binding = self.session.io_binding()
         self.buffers = {}  # numpy arrays behind the shared OrtValues (kept alive here)
         self.past = {}  # OrtValues fed as the pasts of the next step
+        self._keep_past = []  # numpy arrays behind OrtValues given to set_cache
         for name, (heads, last, dtype) in self.specs.items():
             rows = self.max_length if name in self.buffered else 0
             array = np.zeros((self.batch, heads, rows, last), dtype)
@@ -69,6 +70,21 @@ class CacheDecoder:
                 self.binding.bind_ortvalue_input(name, value)
                 self.binding.bind_ortvalue_output(self.present_of[name], value)
             self.past[name] = value
+
+    def set_cache(self, arrays, length):
+        """Starts from a given cache of ``length`` tokens instead of an empty one (resuming a
+        sequence; benchmarks): ``arrays`` maps every ``past_key_values.*`` input to a numpy
+        array shaped as that input takes it (for shared buffers: at least ``length`` rows, copied
+        into the decoder's own buffers)."""
+        self.reset()
+        for name in self.past_names:
+            array = np.ascontiguousarray(arrays[name], dtype=self.specs[name][2])
+            if name in self.buffers:
+                self.buffers[name][:, :, :length] = array[:, :, :length]
+            else:
+                self.past[name] = ort.OrtValue.ortvalue_from_numpy(array)
+                self._keep_past.append(array)
+        self.length = length
 
     def step(self, ids):
         """Appends ``ids`` ([batch, S] or [S] int64) and returns the logits of the new positions
