@@ -1094,6 +1094,115 @@ fn int8_value_rows_match_reference() {
     }
 }
 
+/// The prefill path (keys dequantized from their codes, scores and outputs as matrix products)
+/// against the f64 reference, on cases that take it (checked): grouped queries, both layouts,
+/// windows, `exact_current`, masks, transforms, a past, each value type. A NaN in a padded
+/// value row must not reach any output (the path hands the task to the tables, which skip
+/// zero-weight rows).
+#[test]
+fn prefill_products_match_reference() {
+    use lookat_op::kernels::prefill_uses_products;
+    let mut rng = Rng(0x9e);
+    let base = Case {
+        b: 2,
+        h: 2,
+        d: 64,
+        p: 0,
+        s: 40,
+        m: 8,
+        k: 256,
+        masked: true,
+        exact_current: false,
+        group: 1,
+        head_major: false,
+        sinks: 0,
+        window: 0,
+    };
+    let cases = [
+        (base, false),
+        (
+            Case {
+                group: 3,
+                head_major: true,
+                sinks: 2,
+                window: 9,
+                ..base
+            },
+            false,
+        ),
+        (
+            Case {
+                p: 30,
+                s: 70,
+                exact_current: true,
+                masked: false,
+                ..base
+            },
+            true,
+        ),
+        (
+            Case {
+                s: 33,
+                m: 4,
+                k: 100,
+                d: 48,
+                group: 2,
+                ..base
+            },
+            true,
+        ),
+    ];
+    for (c, transforms) in cases {
+        let mut data = make_data(c, &mut rng);
+        assert!(
+            prefill_uses_products(&data.g),
+            "{c:?} should take the product path"
+        );
+        if transforms {
+            let n = c.h * c.d * c.d;
+            data.transforms = Some((rng.vec(n, 0.3), rng.vec(n, 0.3)));
+        }
+        let opts = AttentionOptions {
+            scale: None,
+            exact_current: c.exact_current,
+            sinks: c.sinks,
+            window: c.window,
+        };
+        for threads in [1, 3] {
+            let run = run_kernel::<f32>(&data, &opts, &Threads(threads))
+                .unwrap_or_else(|e| panic!("{c:?}: {e}"));
+            check_codes(&data, &run.codes);
+            let reference = reference_output(&data, &run.codes, &opts, false, None);
+            let err = max_abs_diff(&run.output, &reference);
+            assert!(
+                err <= TOLERANCE,
+                "{c:?} threads {threads}: max |Δ| = {err:e}"
+            );
+            let run16 = run_kernel::<f16>(&data, &opts, &Threads(threads)).unwrap();
+            let reference = reference_output(&data, &run16.codes, &opts, true, None);
+            let err = max_abs_diff(&run16.output, &reference);
+            assert!(
+                err <= TOLERANCE,
+                "{c:?} f16 threads {threads}: max |Δ| = {err:e}"
+            );
+        }
+    }
+    // A NaN value in a padded position (batch row 1 has 3 padded tokens): no output is NaN.
+    let c = Case { p: 10, ..base };
+    let mut data = make_data(c, &mut rng);
+    data.past_value[(c.h * c.p) * c.d] = f32::NAN; // batch row 1, kv head 0, token 0: padded
+    let opts = AttentionOptions::default();
+    let run = run_kernel::<f32>(&data, &opts, &Serial).unwrap();
+    assert!(
+        run.output.iter().all(|x| x.is_finite()),
+        "a padded NaN leaked"
+    );
+    // The padded row's value does not matter: the reference reads 0 there.
+    data.past_value[(c.h * c.p) * c.d] = 0.0;
+    let reference = reference_output(&data, &run.codes, &opts, false, None);
+    assert!(max_abs_diff(&run.output, &reference) <= TOLERANCE);
+}
+
 #[test]
 fn shared_buffer_length_is_checked() {
     let shapes = |psl| lookat_op::kernels::ShapeInputs {

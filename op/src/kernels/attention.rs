@@ -32,6 +32,14 @@ const QUERY_CHUNK: usize = 16;
 /// to keep every worker busy, each cache is split into token ranges of at least this many
 /// tokens, scanned in parallel and merged (flash-decoding).
 const SPLIT_MIN_TOKENS: usize = 1024;
+/// Queries per task from which a call is a prefill that may take the matrix-product path
+/// ([`Call::run_head_gemm`]).
+const GEMM_MIN_QUERIES: usize = 32;
+/// Queries whose scores and weights one product covers in the matrix-product path.
+const GEMM_QUERY_CHUNK: usize = 64;
+/// Largest mean number of tokens a query sees (at K = 256; scaled with K) for which the
+/// matrix-product path is taken.
+const GEMM_MAX_MEAN_VISIBLE: usize = 1024;
 /// Present value caches at least this large are written with streaming stores: they do not fit
 /// in cache anyway, and streaming saves the read-for-ownership of every destination line.
 const STREAM_MIN_BYTES: usize = 8 << 20;
@@ -343,6 +351,14 @@ pub fn lookat_attention<V: ValueElem>(
     Ok(())
 }
 
+/// Whether a call of these shapes takes the prefill path of matrix products over dequantized
+/// keys (per task; a task with a non-finite value falls back to lookup tables).
+pub fn prefill_uses_products(g: &Geometry) -> bool {
+    let queries = g.new_tokens * g.group();
+    let mean_visible = g.past_tokens + g.new_tokens.div_ceil(2);
+    queries >= GEMM_MIN_QUERIES && mean_visible <= GEMM_MAX_MEAN_VISIBLE * g.centroids / 256
+}
+
 /// Ranges of tokens per split: whole token blocks, as even as possible.
 fn token_ranges(tokens: usize, splits: usize) -> Vec<Range<usize>> {
     let blocks_per_split = tokens.div_ceil(TOKEN_BLOCK).div_ceil(splits).max(1);
@@ -576,9 +592,21 @@ impl<V: ValueElem> Call<'_, V> {
         }
     }
 
+    /// Whether task `bh` scores its queries through dequantized keys with matrix products
+    /// instead of lookup tables: a prefill (many queries) whose queries see few enough tokens on
+    /// average that `T·D` multiply-adds per query (in a blocked product) beat building `K·D`
+    /// table entries per query; and only when every value the products read is finite (a
+    /// weight of 0 times a non-finite value would leak into other queries' sums).
+    fn gemm_pays(&self) -> bool {
+        prefill_uses_products(&self.g)
+    }
+
     /// The whole of one (batch row, kv head): new tokens, then the queries of its G query heads
     /// chunk by chunk over the full cache; the first chunk also copies the past into the present.
     fn run_head(&self, bh: usize) {
+        if self.gemm_pays() && self.run_head_gemm(bh) {
+            return;
+        }
         let g = &self.g;
         let (t_n, n_queries, d, mk) = (
             g.total_tokens(),
@@ -586,7 +614,9 @@ impl<V: ValueElem> Call<'_, V> {
             g.head_dim,
             g.subspaces * g.centroids,
         );
-        self.write_new_tokens(bh);
+        if !self.gemm_pays() {
+            self.write_new_tokens(bh);
+        }
         // SAFETY: task bh alone owns the [b, kv head] block of the present tensors.
         let (codes, values) = unsafe { self.present(bh, 0..t_n) };
         let mut tables = vec![0.0f32; QUERY_CHUNK.min(n_queries) * mk];
@@ -611,6 +641,157 @@ impl<V: ValueElem> Call<'_, V> {
                 state.finish(unsafe { self.output_row(bh, i) });
             }
         }
+    }
+
+    /// The prefill path of task `bh`: the cache's keys dequantized from their codes (`T × D`,
+    /// in the transformed space), its values as float32 (`T × D`), the scores of a chunk of
+    /// queries as one product, exact scores (window, `exact_current`) and the mask applied per
+    /// query, softmax, and the outputs as a second product. Scores equal the table path's up to
+    /// float summation order: a table entry is `scale·q_j·c_j` and a dequantized key holds the
+    /// same centroids. Returns false, having written only the new tokens (and copied the past),
+    /// when a value is not finite: the table path then runs, which skips zero-weight rows.
+    fn run_head_gemm(&self, bh: usize) -> bool {
+        let g = &self.g;
+        let (p_n, t_n, m, k, d, sub) = (
+            g.past_tokens,
+            g.total_tokens(),
+            g.subspaces,
+            g.centroids,
+            g.head_dim,
+            g.sub_dim(),
+        );
+        let (b, kv) = self.task(bh);
+        let row = self.value_row();
+        self.write_new_tokens(bh);
+        // SAFETY: task bh alone owns the [b, kv head] block of the present tensors.
+        let (codes, values) = unsafe { self.present(bh, 0..t_n) };
+        if !self.inp.past_in_present {
+            codes[..p_n * m].copy_from_slice(self.past_codes(bh));
+            values[..p_n * row].copy_from_slice(self.past_values(bh));
+        }
+        let mask = self.inp.attention_mask.map(|mk| &mk[b * t_n..][..t_n]);
+        let mut vals = vec![0.0f32; t_n * d];
+        for (t, out) in vals.chunks_exact_mut(d).enumerate() {
+            if mask.is_none_or(|mk| mk[t] != 0) {
+                V::load_row(&values[t * row..][..row], out);
+            }
+        }
+        if !vals.iter().all(|v| v.is_finite()) {
+            return false;
+        }
+        let mut keys = vec![0.0f32; t_n * d];
+        let books = &self.inp.codebooks[kv * m * k * sub..][..m * k * sub];
+        for (t, out) in keys.chunks_exact_mut(d).enumerate() {
+            for (j, part) in out.chunks_exact_mut(sub).enumerate() {
+                let c = codes[t * m + j] as usize;
+                part.copy_from_slice(&books[(j * k + c) * sub..][..sub]);
+            }
+        }
+        let n_queries = g.new_tokens * g.group();
+        let mut exact_key = vec![0.0f32; d];
+        for first in (0..n_queries).step_by(GEMM_QUERY_CHUNK) {
+            let queries = first..(first + GEMM_QUERY_CHUNK).min(n_queries);
+            let n = queries.len();
+            // Tokens the chunk's last query sees: the product's width.
+            let width = p_n + self.query_of(bh, queries.end - 1).1 + 1;
+            let mut table_queries = vec![0.0f32; n * d];
+            for (i, q) in queries.clone().zip(table_queries.chunks_exact_mut(d)) {
+                match self.inp.transforms {
+                    None => q.copy_from_slice(self.query(bh, i)),
+                    Some(tr) => tr.query(kv, self.query(bh, i), q),
+                }
+            }
+            let mut scores = vec![0.0f32; n * width];
+            // SAFETY: row-major n×d, width×d (read transposed) and n×width buffers that live
+            // through the call; strides as laid out above.
+            unsafe {
+                matrixmultiply::sgemm(
+                    n,
+                    d,
+                    width,
+                    self.scale,
+                    table_queries.as_ptr(),
+                    d as isize,
+                    1,
+                    keys.as_ptr(),
+                    1,
+                    d as isize,
+                    0.0,
+                    scores.as_mut_ptr(),
+                    width as isize,
+                    1,
+                );
+            }
+            let mut sums = vec![0.0f32; n];
+            for ((i, block), sum) in queries
+                .clone()
+                .zip(scores.chunks_exact_mut(width))
+                .zip(sums.iter_mut())
+            {
+                let s = self.query_of(bh, i).1;
+                let stop = p_n + s + 1;
+                let query = self.query(bh, i);
+                let exact = |key: &[f32]| {
+                    self.scale * query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>()
+                };
+                if self.exact_current {
+                    for t in p_n..stop {
+                        block[t] = exact(self.new_kv(self.inp.key, bh, t - p_n));
+                    }
+                }
+                if self.windowed {
+                    let recent = (stop).saturating_sub(self.window);
+                    for t in (0..stop.min(self.sinks)).chain(recent.max(self.sinks.min(stop))..stop)
+                    {
+                        self.window_key(bh, t, &mut exact_key);
+                        block[t] = exact(&exact_key);
+                    }
+                }
+                if let Some(mask) = mask {
+                    for (score, &allowed) in block[..stop].iter_mut().zip(mask) {
+                        if allowed == 0 {
+                            *score = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                block[stop..].fill(f32::NEG_INFINITY);
+                let max = super::simd::max(block);
+                if max == f32::NEG_INFINITY {
+                    block.fill(0.0); // no visible token: the output row is zeros
+                } else {
+                    *sum = super::simd::exp_shifted(block, max);
+                }
+            }
+            let mut out = vec![0.0f32; n * d];
+            // SAFETY: row-major n×width, width×d and n×d buffers that live through the call.
+            unsafe {
+                matrixmultiply::sgemm(
+                    n,
+                    width,
+                    d,
+                    1.0,
+                    scores.as_ptr(),
+                    width as isize,
+                    1,
+                    vals.as_ptr(),
+                    d as isize,
+                    1,
+                    0.0,
+                    out.as_mut_ptr(),
+                    d as isize,
+                    1,
+                );
+            }
+            for ((i, o), &sum) in queries.zip(out.chunks_exact(d)).zip(&sums) {
+                // SAFETY: the output row of query i of task bh: D floats only this task writes.
+                let dst = unsafe { self.output_row(bh, i) };
+                let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+                for (x, &y) in dst.iter_mut().zip(o) {
+                    *x = y * inv;
+                }
+            }
+        }
+        true
     }
 
     /// Scores cache rows `tokens` of task `bh`'s [b, kv head] block for `queries` (tables and

@@ -11,7 +11,9 @@ mod transform;
 mod value;
 
 pub use adc::adc_scores;
-pub use attention::{lookat_attention, AttentionInputs, AttentionOptions, AttentionOutputs};
+pub use attention::{
+    lookat_attention, prefill_uses_products, AttentionInputs, AttentionOptions, AttentionOutputs,
+};
 pub use codebook::{argmin, PreparedCodebook, PreparedCodebooks, ENCODE_TIE_BOUND};
 pub use geometry::{Geometry, Layout, LookatError, ShapeInputs};
 pub use softmax::OnlineSoftmax;
