@@ -735,8 +735,8 @@ impl<V: ValueElem> Call<'_, V> {
                     self.scale * query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>()
                 };
                 if self.exact_current {
-                    for t in p_n..stop {
-                        block[t] = exact(self.new_kv(self.inp.key, bh, t - p_n));
+                    for (s_new, score) in block[p_n..stop].iter_mut().enumerate() {
+                        *score = exact(self.new_kv(self.inp.key, bh, s_new));
                     }
                 }
                 if self.windowed {
