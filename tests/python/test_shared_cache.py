@@ -172,3 +172,45 @@ def test_rewrite_refuses_shared_buffers_without_cache_io(tmp_path):
     )
     assert proc.returncode == 1 and "shared cache buffers need a model with cache I/O" in proc.stderr, proc.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_bindings_that_alias_other_buffers_are_refused(tmp_path):
+    """Only a present cache and its own past may share memory, both pairs or neither: a key window
+    bound in place, or codes shared without the values, is refused by name (the kernels read the
+    inputs while they write the outputs)."""
+    src, args = CASES["gpt2-dyn18-f16-window"]
+    sess = session(rewrite(src, args, tmp_path / "shared.onnx", shared=True))
+    ins = {i.name: i for i in sess.get_inputs()}
+    window = next(n for n in ins if n.endswith(CONTRACT["window_suffix"]))
+    codes = next(n for n in ins if n.endswith(CONTRACT["codes_suffix"]))
+    value = codes[: -len(CONTRACT["codes_suffix"])].replace(".key", ".value")
+    present = lambda n: n.replace("past_key_values.", "present.", 1)  # noqa: E731
+
+    def step_bindings(length):
+        """A decoder after `length` tokens, with its binding set up for the next token as
+        CacheDecoder.step would (the tests then bend one binding)."""
+        dec = decode.CacheDecoder(sess, max_length=32)
+        dec.step(np.arange(1, length + 1))
+        b, keep = dec.binding, []
+        for name, v in {"input_ids": np.array([[5]], np.int64), PSL: np.array(length, np.int64),
+                        "attention_mask": np.ones((1, length + 1), np.int64),
+                        "position_ids": np.array([[length]], np.int64)}.items():
+            if name in ins:
+                keep.append(v)
+                b.bind_cpu_input(name, v)
+        for name in [n for n in dec.past_names if n not in dec.buffers]:
+            b.bind_ortvalue_input(name, dec.past[name])
+            b.bind_output(present(name), "cpu")
+        return dec, keep
+
+    # The window is full (2 sinks + 8 recent) after 12 tokens: past and present have one shape.
+    dec, keep = step_bindings(12)
+    dec.binding.bind_ortvalue_output(present(window), dec.past[window])
+    with pytest.raises(Exception, match="output 'present_key_window' overlaps input 'past_key_window'"):
+        sess.run_with_iobinding(dec.binding)
+
+    dec, keep = step_bindings(4)
+    spare = decode.ort.OrtValue.ortvalue_from_numpy(np.zeros_like(dec.buffers[value]))
+    dec.binding.bind_ortvalue_output(present(value), spare)
+    with pytest.raises(Exception, match="bind both 'past_key_codes'/'present_key_codes' and 'past_value'/'present_value'"):
+        sess.run_with_iobinding(dec.binding)

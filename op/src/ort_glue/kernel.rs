@@ -560,12 +560,29 @@ impl LookatKernel {
             }
         }
 
-        // SAFETY: the values are valid tensors of the types checked above.
+        let no_mask = (
+            std::ptr::null(),
+            TensorInfo {
+                elem: INT64,
+                shape: vec![0],
+            },
+        );
+        // SAFETY: the values are valid tensors of the types checked above, the outputs were just
+        // allocated with these shapes.
         let past_in_present = unsafe {
             self.past_in_present(
                 &g,
-                [&past_codes, &past_value],
-                [out_values[1], out_values[2]],
+                [
+                    (input::QUERY, &query),
+                    (input::KEY, &key),
+                    (input::VALUE, &value),
+                    (input::PAST_KEY_CODES, &past_codes),
+                    (input::PAST_VALUE, &past_value),
+                    (input::ATTENTION_MASK, mask.as_ref().unwrap_or(&no_mask)),
+                    (input::PAST_KEY_WINDOW, &past_window),
+                ],
+                &out_values,
+                &out_shapes,
             )
         }?;
         let pool = OrtPool::new(api, ctx);
@@ -622,47 +639,69 @@ struct CallTensors {
 impl LookatKernel {
     /// Whether the present codes and values are the past inputs' own buffers — what a host gets
     /// by binding one max-length buffer as both (IOBinding): the call then appends in place.
-    /// Both or neither must be shared, and no other overlap is allowed: the kernels read the
-    /// past while they write the present.
+    /// Both or neither must be shared, and no other output may overlap any input (the key
+    /// windows included): the kernels read inputs while they write outputs.
     ///
     /// # Safety
-    /// `past` must be valid input tensors (or null with their shapes) and `present` the output
-    /// tensors just allocated for them, with the checked element types.
+    /// `inputs` must be valid input tensors (or null) with their infos, and `outputs` the
+    /// output tensors just allocated with `out_shapes`.
     unsafe fn past_in_present(
         &self,
         g: &Geometry,
-        past: [&(*const OrtValue, TensorInfo); 2],
-        present: [*mut OrtValue; 2],
+        inputs: [(usize, &(*const OrtValue, TensorInfo)); 7],
+        outputs: &[*mut OrtValue; 4],
+        out_shapes: &[Vec<i64>; 4],
     ) -> Result<bool, LookatError> {
-        let elem_bytes = [1, self.value_type.elem_bytes()];
-        let mut shared = [false; 2];
-        for i in 0..2 {
-            let (input, info) = past[i];
-            let rows = g.batch * g.kv_heads * g.present_rows();
-            let row = [g.subspaces, self.value_type.row_len(g.head_dim)][i];
-            let (in_count, out_count) = (info.count(), rows * row);
-            if input.is_null() || in_count == 0 || out_count == 0 {
-                continue;
+        let out_elem = [
+            4,
+            1,
+            self.value_type.elem_bytes(),
+            self.value_type.window().elem_bytes(),
+        ];
+        // (port, first byte, bytes) of every non-empty buffer.
+        let span = |value: *const OrtValue, count: usize, elem: usize, port: usize| {
+            if value.is_null() || count == 0 {
+                return Ok(None);
             }
-            // SAFETY: valid tensors of these element counts (caller); bytes are only compared.
-            let (a, b) = unsafe {
-                (
-                    self.api.tensor_data::<u8>(*input, in_count),
-                    self.api.tensor_data::<u8>(present[i], out_count),
-                )
-            };
-            let (a, b) = (
-                a.map_err(LookatError::Internal)? as usize,
-                b.map_err(LookatError::Internal)? as usize,
-            );
-            let (in_len, out_len) = (in_count * elem_bytes[i], out_count * elem_bytes[i]);
-            shared[i] = a == b && in_len == out_len;
-            if !shared[i] && a < b + out_len && b < a + in_len {
-                return Err(LookatError::InvalidArgument(format!(
-                    "output '{}' overlaps input '{}' without being the same buffer",
-                    output::name([output::PRESENT_KEY_CODES, output::PRESENT_VALUE][i]),
-                    input::name([input::PAST_KEY_CODES, input::PAST_VALUE][i]),
-                )));
+            // SAFETY: a valid tensor of `count` elements (caller); the address is only compared.
+            let start = unsafe { self.api.tensor_data::<u8>(value, count) }
+                .map_err(LookatError::Internal)? as usize;
+            Ok::<_, LookatError>(Some((port, start, count * elem)))
+        };
+        let mut ins = vec![];
+        for (port, (value, info)) in inputs {
+            ins.extend(span(*value, info.count(), elem_size(info.elem), port)?);
+        }
+        let mut outs = vec![];
+        for (port, (&value, shape)) in outputs.iter().zip(out_shapes).enumerate() {
+            let count = shape.iter().map(|&d| d as usize).product();
+            outs.extend(span(value, count, out_elem[port], port)?);
+        }
+        let pairs = [
+            (output::PRESENT_KEY_CODES, input::PAST_KEY_CODES),
+            (output::PRESENT_VALUE, input::PAST_VALUE),
+        ];
+        let mut shared = [false; 2];
+        for &(o, o_start, o_len) in &outs {
+            for &(i, i_start, i_len) in &ins {
+                if o_start >= i_start + i_len || i_start >= o_start + o_len {
+                    continue;
+                }
+                match pairs.iter().position(|&p| p == (o, i)) {
+                    Some(k) if o_start == i_start && o_len == i_len => shared[k] = true,
+                    _ => {
+                        return Err(LookatError::InvalidArgument(format!(
+                            "output '{}' overlaps input '{}'{}",
+                            output::name(o),
+                            input::name(i),
+                            if pairs.contains(&(o, i)) {
+                                " without being the same buffer"
+                            } else {
+                                ": only a present cache and its own past may share a buffer"
+                            }
+                        )))
+                    }
+                }
             }
         }
         if shared[0] != shared[1] {
@@ -739,6 +778,17 @@ impl LookatKernel {
                 pool,
             )
         }
+    }
+}
+
+/// Bytes of one element of the types the node's tensors have.
+fn elem_size(t: ONNXTensorElementDataType) -> usize {
+    use ONNXTensorElementDataType::*;
+    match t {
+        ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 => 8,
+        ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT => 4,
+        ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 => 2,
+        _ => 1,
     }
 }
 
