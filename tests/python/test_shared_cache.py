@@ -24,6 +24,7 @@ _spec.loader.exec_module(decode)
 CASES = {
     # GPT-2 (multi-head, [B, S, H·D] inputs, legacy and dynamo exports), float32 values.
     "gpt2-ts17": ("models/fixtures/trained/ts17-eager-kv.onnx", ["--subspaces", "8"]),
+    "gpt2-ts17-int8": ("models/fixtures/trained/ts17-eager-kv.onnx", ["--subspaces", "8", "--value-dtype", "i8"]),
     "gpt2-dyn18-f16-window": (
         "models/fixtures/trained/dyn18-eager-kv.onnx",
         ["--subspaces", "4", "--value-dtype", "f16", "--sinks", "2", "--window", "8"],
