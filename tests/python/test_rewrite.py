@@ -370,6 +370,13 @@ def test_key_window_through_onnxruntime(fx, tmp_path):
     step_diff = float(np.abs(np.stack(steps) - prefill["logits"][0]).max())
     print(f"{fx['path']}: short window, prefill vs decode max |dlogit| {step_diff:.2e}")
     assert step_diff <= 1e-4
+    # The same cache either way: the same codes; values and window keys equal up to float rounding
+    # (a prefill of many queries scores through matrix products, in another summation order, so
+    # the next layer's inputs may differ in the last bits).
     for n, v in prefill.items():
         if n.startswith("present."):
-            np.testing.assert_array_equal(v, past[n.replace("present.", "past_key_values.", 1)], err_msg=n)
+            decoded = past[n.replace("present.", "past_key_values.", 1)]
+            if n.endswith(codes_name("")):
+                np.testing.assert_array_equal(v, decoded, err_msg=n)
+            else:
+                np.testing.assert_allclose(v, decoded, rtol=1e-5, atol=1e-6, err_msg=n)

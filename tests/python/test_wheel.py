@@ -86,7 +86,7 @@ def platform_tag(arch):
 def expected_files():
     di = f"lookat-{VERSION}.dist-info"
     return {
-        "lookat/__init__.py": 0o644, "lookat/_cli.py": 0o644, "lookat/_version.py": 0o644,
+        "lookat/__init__.py": 0o644, "lookat/_cli.py": 0o644, "lookat/_version.py": 0o644, "lookat/decode.py": 0o644,
         "lookat/liblookat_op.so": 0o755, **{f"lookat/{t}": 0o755 for t in TOOLS},
         f"{di}/METADATA": 0o644, f"{di}/WHEEL": 0o644, f"{di}/entry_points.txt": 0o644, f"{di}/RECORD": 0o644,
     }
