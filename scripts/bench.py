@@ -180,32 +180,23 @@ def variants_for(shape):
     return out
 
 
-def l3_bytes():
-    """The largest cache the OS reports (sysfs), in bytes."""
-    best = 0
-    base = "/sys/devices/system/cpu/cpu0/cache"
-    for idx in os.listdir(base) if os.path.isdir(base) else []:
-        try:
-            text = open(os.path.join(base, idx, "size")).read().strip()
-        except OSError:
-            continue
-        mult = {"K": 1 << 10, "M": 1 << 20}.get(text[-1], 1)
-        best = max(best, int(text.rstrip("KM")) * mult)
-    return best or (32 << 20)
-
-
 def cache_sizes():
+    """The CPU's caches as sysfs reports them: {"L3 Unified": "32768K", ...}."""
     out = {}
     base = "/sys/devices/system/cpu/cpu0/cache"
     for idx in sorted(os.listdir(base)) if os.path.isdir(base) else []:
         try:
-            level = open(os.path.join(base, idx, "level")).read().strip()
-            kind = open(os.path.join(base, idx, "type")).read().strip()
-            size = open(os.path.join(base, idx, "size")).read().strip()
+            level, kind, size = (open(os.path.join(base, idx, f)).read().strip() for f in ("level", "type", "size"))
         except OSError:
             continue
         out[f"L{level} {kind}"] = size
     return out
+
+
+def largest_cache_bytes(caches):
+    """The largest of `cache_sizes()`, in bytes (32 MiB when sysfs says nothing)."""
+    sizes = [int(v.rstrip("KM")) * {"K": 1 << 10, "M": 1 << 20}.get(v[-1], 1) for v in caches.values()]
+    return max(sizes, default=32 << 20)
 
 
 def cpu_name():
@@ -348,9 +339,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rng = np.random.default_rng(1)
     bw = bandwidth_gbs(args.threads)
-    l3 = l3_bytes()
+    caches = cache_sizes()
+    l3 = largest_cache_bytes(caches)
     ring = 2 * l3
-    machine = dict(cpu=cpu_name(), cores=os.cpu_count(), caches=cache_sizes(), l3_bytes=l3,
+    machine = dict(cpu=cpu_name(), cores=os.cpu_count(), caches=caches, l3_bytes=l3,
                    copy_bandwidth_gbs=bw, ring_bytes=ring, onnxruntime=ort.__version__, threads=args.threads)
     print(f"onnxruntime {ort.__version__}, threads {args.threads}, {machine['cpu']}, caches {machine['caches']}; "
           f"copy bandwidth {bw:.1f} GB/s (read+write); inputs rotate over > {ring >> 20} MiB (2x L3)")

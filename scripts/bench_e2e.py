@@ -42,23 +42,12 @@ REWRITE = ["--subspaces", "16", "--transform", "--sinks", "4", "--window", "64"]
 VALUES = {"f32": "f32", "f16": "f16", "int8": "i8"}
 
 
-def fill(path, seed=0):
-    """Seeded random codebooks and identity transforms in place of the rewrite's NaNs (the
-    weights stay external, referenced, not loaded)."""
+def fill(path):
+    """Seeded random codebooks and identity transforms in place of the rewrite's NaNs; the
+    weights stay external, referenced, not loaded."""
     import onnx
-    from onnx import numpy_helper
-    m = onnx.load(path, load_external_data=False)
-    rng = np.random.default_rng(seed)
-    for init in m.graph.initializer:
-        if init.name.startswith("lookat.codebooks."):
-            data = rng.normal(0, 1, tuple(init.dims)).astype(np.float32)
-        elif init.name.startswith(("lookat.key_transform.", "lookat.query_transform.")):
-            heads, d, _ = init.dims
-            data = np.broadcast_to(np.eye(d, dtype=np.float32), (heads, d, d)).copy()
-        else:
-            continue
-        init.CopyFrom(numpy_helper.from_array(data, init.name))
-    onnx.save(m, path)
+    from lookat_testlib import random_codebooks
+    onnx.save(random_codebooks(onnx.load(path, load_external_data=False)), path)
 
 
 def rewrite_all(model):

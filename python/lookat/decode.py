@@ -60,7 +60,6 @@ class CacheDecoder:
         self.binding = self.session.io_binding()
         self.buffers = {}  # numpy arrays behind the shared OrtValues (kept alive here)
         self.past = {}  # OrtValues fed as the pasts of the next step
-        self._keep_past = []  # numpy arrays behind OrtValues given to set_cache
         for name, (heads, last, dtype) in self.specs.items():
             rows = self.max_length if name in self.buffered else 0
             array = np.zeros((self.batch, heads, rows, last), dtype)
@@ -82,8 +81,7 @@ class CacheDecoder:
             if name in self.buffers:
                 self.buffers[name][:, :, :length] = array[:, :, :length]
             else:
-                self.past[name] = ort.OrtValue.ortvalue_from_numpy(array)
-                self._keep_past.append(array)
+                self.past[name] = ort.OrtValue.ortvalue_from_numpy(array)  # keeps `array` alive
         self.length = length
 
     def step(self, ids):

@@ -74,6 +74,40 @@ def generate_metrics(original, model, *args):
     return po, pl, agree, kl
 
 
+def random_codebooks(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """`model` (a rewritten one) with seeded random codebooks and identity transforms in place of
+    the rewrite's NaNs, changed in place: for tests and benchmarks that need equal or runnable
+    models, not good ones."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(seed)
+    for init in model.graph.initializer:
+        if init.name.startswith(CONTRACT["codebooks_prefix"]):
+            data = rng.normal(0, 1, tuple(init.dims)).astype(np.float32)
+        elif init.name.startswith(("lookat.key_transform.", "lookat.query_transform.")):
+            heads, d, _ = init.dims
+            data = np.broadcast_to(np.eye(d, dtype=np.float32), (heads, d, d)).copy()
+        else:
+            continue
+        init.CopyFrom(numpy_helper.from_array(data, init.name))
+    return model
+
+
+def cache_feeds(sess, ids, past_len, past):
+    """Feeds of one call through an export's cache: `ids` [B, S] after `past_len` tokens, an
+    all-ones attention mask and positions when the model takes them, and `past` (the cache
+    inputs, and any other input given by name)."""
+    names = {i.name for i in sess.get_inputs()}
+    b, s = ids.shape
+    feeds = {"input_ids": ids}
+    if "attention_mask" in names:
+        feeds["attention_mask"] = np.ones((b, past_len + s), np.int64)
+    if "position_ids" in names:
+        feeds["position_ids"] = np.tile(np.arange(past_len, past_len + s, dtype=np.int64), (b, 1))
+    feeds.update(past)
+    return feeds
+
+
 def tool(name: str) -> pathlib.Path:
     """A command-line tool of the workspace (lookat-rewrite, lookat-calibrate, ...), freshly built."""
     build_release()

@@ -10,9 +10,8 @@ import subprocess
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
 
-from lookat_testlib import CONTRACT, ROOT, codes_name, session, tool
+from lookat_testlib import CONTRACT, ROOT, cache_feeds, codes_name, random_codebooks, session, tool
 
 PSL = CONTRACT["past_sequence_length_input"]
 MAX_ROWS = CONTRACT["max_sequence_length_dim"]
@@ -40,26 +39,10 @@ CASES = {
 }
 
 
-def filled(path, seed=0):
-    """The rewritten model with seeded random codebooks and identity transforms (the comparison
-    needs equal models, not good ones)."""
-    model = onnx.load(str(path))
-    rng = np.random.default_rng(seed)
-    for init in model.graph.initializer:
-        if init.name.startswith(CONTRACT["codebooks_prefix"]):
-            shape = tuple(init.dims)
-            init.CopyFrom(numpy_helper.from_array(rng.normal(0, 1, shape).astype(np.float32), init.name))
-        elif init.name.startswith("lookat.key_transform.") or init.name.startswith("lookat.query_transform."):
-            heads, d, _ = init.dims
-            eye = np.broadcast_to(np.eye(d, dtype=np.float32), (heads, d, d)).copy()
-            init.CopyFrom(numpy_helper.from_array(eye, init.name))
-    return model
-
-
 def rewrite(src, args, out, shared):
     cmd = [str(tool("lookat-rewrite")), str(ROOT / src), "-o", str(out), *args] + (["--shared-cache"] if shared else [])
     subprocess.run(cmd, check=True, capture_output=True)
-    return filled(out)
+    return random_codebooks(onnx.load(str(out)))
 
 
 def prompt_and_steps(vocab, n_prompt=6, n_steps=12, seed=1):
@@ -79,11 +62,7 @@ def plain_shared_run(sess, prompt, steps, max_length):
     length, logits = 0, []
     for ids in [prompt] + [[t] for t in steps]:
         s = len(ids)
-        feeds = {"input_ids": np.array([ids], np.int64), PSL: np.array(length, np.int64), **past}
-        if "attention_mask" in inputs:
-            feeds["attention_mask"] = np.ones((1, length + s), np.int64)
-        if "position_ids" in inputs:
-            feeds["position_ids"] = np.arange(length, length + s, dtype=np.int64)[None]
+        feeds = cache_feeds(sess, np.array([ids], np.int64), length, {PSL: np.array(length, np.int64), **past})
         outs = dict(zip(names, sess.run(None, feeds)))
         logits.append(outs["logits"][0])
         for name in past:
@@ -150,15 +129,11 @@ def test_shared_buffer_errors_name_the_input(tmp_path):
         dec.step([1, 2, 3])
     # Past the buffers' end, straight through onnxruntime.
     inputs = {i.name: i for i in sess.get_inputs()}
-    feeds = {"input_ids": np.array([[1, 2]], np.int64), PSL: np.array(7, np.int64)}
+    past = {PSL: np.array(7, np.int64)}
     for name, i in inputs.items():
         if name.startswith("past_key_values."):
-            dtype = np.uint8 if name.endswith(CONTRACT["codes_suffix"]) else np.float32
-            feeds[name] = np.zeros((1, i.shape[1], 8, i.shape[3]), dtype)
-    if "attention_mask" in inputs:
-        feeds["attention_mask"] = np.ones((1, 9), np.int64)
-    if "position_ids" in inputs:
-        feeds["position_ids"] = np.array([[7, 8]], np.int64)
+            past[name] = np.zeros((1, i.shape[1], 8, i.shape[3]), decode.DTYPES[i.type])
+    feeds = cache_feeds(sess, np.array([[1, 2]], np.int64), 7, past)
     with pytest.raises(Exception, match="past_sequence_length' is 7"):
         sess.run(None, feeds)
     with pytest.raises(ValueError, match="needs max_length"):
@@ -192,13 +167,10 @@ def test_bindings_that_alias_other_buffers_are_refused(tmp_path):
         CacheDecoder.step would (the tests then bend one binding)."""
         dec = decode.CacheDecoder(sess, max_length=32)
         dec.step(np.arange(1, length + 1))
-        b, keep = dec.binding, []
-        for name, v in {"input_ids": np.array([[5]], np.int64), PSL: np.array(length, np.int64),
-                        "attention_mask": np.ones((1, length + 1), np.int64),
-                        "position_ids": np.array([[length]], np.int64)}.items():
-            if name in ins:
-                keep.append(v)
-                b.bind_cpu_input(name, v)
+        b = dec.binding
+        keep = cache_feeds(sess, np.array([[5]], np.int64), length, {PSL: np.array(length, np.int64)})
+        for name, v in keep.items():
+            b.bind_cpu_input(name, v)
         for name in [n for n in dec.past_names if n not in dec.buffers]:
             b.bind_ortvalue_input(name, dec.past[name])
             b.bind_output(present(name), "cpu")

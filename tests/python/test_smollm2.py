@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from lookat_testlib import CONTRACT, ROOT, generate_metrics, tokenize, tool
+from lookat_testlib import CONTRACT, ROOT, cache_feeds, generate_metrics, tokenize, tool
 from lookat_testlib import session as lookat_session
 
 FIXTURES = ROOT / "models" / "fixtures" / "smollm2"
@@ -44,17 +44,6 @@ def session(path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def feeds_for(sess, ids, past_len, past):
-    names = {i.name for i in sess.get_inputs()}
-    feeds = {"input_ids": ids}
-    if "attention_mask" in names:
-        feeds["attention_mask"] = np.ones((1, past_len + ids.shape[1]), np.int64)
-    if "position_ids" in names:
-        feeds["position_ids"] = np.arange(past_len, past_len + ids.shape[1], dtype=np.int64)[None]
-    feeds.update(past)
-    return feeds
-
-
 DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 
 
@@ -74,7 +63,7 @@ def test_export_reproduces_the_pytorch_reference(rel):
     names = [o.name for o in sess.get_outputs()]
     ids = np.array([ref["prompt_ids"]], np.int64)
     past, past_len = empty_past(sess), 0
-    outs = dict(zip(names, sess.run(None, feeds_for(sess, ids, 0, past))))
+    outs = dict(zip(names, sess.run(None, cache_feeds(sess, ids, 0, past))))
     last = outs["logits"][0, -1]
     top = np.argsort(-last, kind="stable")[:20]
     assert top.tolist() == ref["top_ids"], rel
@@ -90,11 +79,11 @@ def test_export_reproduces_the_pytorch_reference(rel):
         if has_cache:
             past = {n.replace("present.", "past_key_values.", 1): v for n, v in outs.items() if n.startswith("present.")}
             step = np.array([[nxt]], np.int64)
-            outs = dict(zip(names, sess.run(None, feeds_for(sess, step, past_len, past))))
+            outs = dict(zip(names, sess.run(None, cache_feeds(sess, step, past_len, past))))
             past_len += 1
         else:
             seq = np.concatenate([seq, [[nxt]]], axis=1)
-            outs = dict(zip(names, sess.run(None, feeds_for(sess, seq, 0, {}))))
+            outs = dict(zip(names, sess.run(None, cache_feeds(sess, seq, 0, {}))))
     assert generated == ref["greedy_ids"], rel
 
 
@@ -116,7 +105,7 @@ def keys_per_node(src, rewritten, ids):
     opts.intra_op_num_threads = 2
     opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(FIXTURES))
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    outs = sess.run(names, feeds_for(sess, ids, 0, empty_past(sess)))
+    outs = sess.run(names, cache_feeds(sess, ids, 0, empty_past(sess)))
     return [o.transpose(0, 2, 1, 3).reshape(-1, o.shape[1], o.shape[3]) for o in outs]
 
 
@@ -142,13 +131,13 @@ def teacher_forced_logits(sess, prompt, continuation):
     past = empty_past(sess)
     if not past:
         seq = np.array([prompt + continuation], np.int64)
-        logits = sess.run(["logits"], feeds_for(sess, seq, 0, {}))[0][0]
+        logits = sess.run(["logits"], cache_feeds(sess, seq, 0, {}))[0][0]
         return logits[len(prompt) - 1 :]
-    outs = dict(zip(names, sess.run(None, feeds_for(sess, np.array([prompt], np.int64), 0, past))))
+    outs = dict(zip(names, sess.run(None, cache_feeds(sess, np.array([prompt], np.int64), 0, past))))
     seen, past_len = [outs["logits"][0, -1]], len(prompt)
     for token in continuation:
         past = {n.replace("present.", "past_key_values.", 1): v for n, v in outs.items() if n.startswith("present.")}
-        outs = dict(zip(names, sess.run(None, feeds_for(sess, np.array([[token]]), past_len, past))))
+        outs = dict(zip(names, sess.run(None, cache_feeds(sess, np.array([[token]]), past_len, past))))
         seen.append(outs["logits"][0, -1])
         past_len += 1
     return np.stack(seen)

@@ -604,6 +604,7 @@ impl<V: ValueElem> Call<'_, V> {
     /// The whole of one (batch row, kv head): new tokens, then the queries of its G query heads
     /// chunk by chunk over the full cache; the first chunk also copies the past into the present.
     fn run_head(&self, bh: usize) {
+        self.write_new_tokens(bh);
         if self.gemm_pays() && self.run_head_gemm(bh) {
             return;
         }
@@ -614,9 +615,6 @@ impl<V: ValueElem> Call<'_, V> {
             g.head_dim,
             g.subspaces * g.centroids,
         );
-        if !self.gemm_pays() {
-            self.write_new_tokens(bh);
-        }
         // SAFETY: task bh alone owns the [b, kv head] block of the present tensors.
         let (codes, values) = unsafe { self.present(bh, 0..t_n) };
         let mut tables = vec![0.0f32; QUERY_CHUNK.min(n_queries) * mk];
@@ -648,8 +646,9 @@ impl<V: ValueElem> Call<'_, V> {
     /// queries as one product, exact scores (window, `exact_current`) and the mask applied per
     /// query, softmax, and the outputs as a second product. Scores equal the table path's up to
     /// float summation order: a table entry is `scale·q_j·c_j` and a dequantized key holds the
-    /// same centroids. Returns false, having written only the new tokens (and copied the past),
-    /// when a value is not finite: the table path then runs, which skips zero-weight rows.
+    /// same centroids. Returns false, having only copied the past,
+    /// when a value is not finite: the table path then runs, which skips zero-weight rows. The
+    /// new tokens are already written (by the caller).
     fn run_head_gemm(&self, bh: usize) -> bool {
         let g = &self.g;
         let (p_n, t_n, m, k, d, sub) = (
@@ -662,7 +661,6 @@ impl<V: ValueElem> Call<'_, V> {
         );
         let (b, kv) = self.task(bh);
         let row = self.value_row();
-        self.write_new_tokens(bh);
         // SAFETY: task bh alone owns the [b, kv head] block of the present tensors.
         let (codes, values) = unsafe { self.present(bh, 0..t_n) };
         if !self.inp.past_in_present {
