@@ -1372,10 +1372,9 @@ fn simd_value_accumulation_matches_scalar() {
                 rows8[t * stride + d + i] = byte as i8;
             }
         }
-        let mut weights = probs.clone();
         let mut a = start.clone();
         let mut copy8 = vec![0i8; n * stride];
-        simd::accumulate_rows_int8(&mut a, &mut weights, &rows8, Some(&mut copy8));
+        simd::accumulate_rows_int8(&mut a, &probs, &rows8, Some(&mut copy8));
         assert_eq!(copy8, rows8, "int8 copy d={d}");
         for c in 0..d {
             let want = start[c] as f64

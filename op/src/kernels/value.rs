@@ -1,4 +1,4 @@
-use half::f16;
+use half::{f16, slice::HalfFloatSliceExt};
 
 /// Element type of the value cache: float32, float16 (stored as IEEE half), or int8 rows with a
 /// scale per row (token and head: KIVI's per-token choice for values).
@@ -70,6 +70,14 @@ impl ValueElem for f16 {
     #[inline(always)]
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
+    }
+    /// `half`'s slice conversions: F16C (x86_64) or FP16 (aarch64) instructions when the CPU has
+    /// them, rounding as [`f16::from_f32`] does.
+    fn store_row(src: &[f32], dst: &mut [Self]) {
+        dst.convert_from_f32_slice(src)
+    }
+    fn load_row(row: &[Self], out: &mut [f32]) {
+        row.convert_to_f32_slice(out)
     }
     #[inline(always)]
     fn accumulate_rows(

@@ -127,11 +127,20 @@ pub unsafe fn max<L: Lanes>(x: &[f32]) -> f32 {
     }
 }
 
-/// One column strip of `W` vectors over all rows, the accumulator in `W` registers.
+/// How far ahead of the row being accumulated the value scan asks for cache lines: the hardware
+/// prefetcher alone left a decode step over a cache in DRAM about a third slower (measured on the
+/// 2-core AMD EPYC VM, docs/BENCHMARKS.md's machine: 2, 4 and 8 KiB tried, 8 best).
+const PREFETCH_AHEAD: usize = 8192;
+
+/// One column strip of `W` vectors over all rows, the accumulator in `W` registers. With
+/// `scale_at`, each nonzero weight is multiplied by the float32 (little-endian, unaligned) its
+/// row holds that many bytes after the strip start — the int8 rows' scale, read in the same pass
+/// as the values instead of in a pass of its own.
 ///
 /// # Safety
 /// `acc` holds `W·N` floats; `rows` (and `copy`, when not null) hold `probs.len()` rows of
-/// `stride` elements with at least `W·N` from the strip start; `L`'s features are enabled.
+/// `stride` elements with at least `W·N` from the strip start (and 4 bytes at `scale_at`);
+/// `L`'s features are enabled.
 #[inline(always)]
 unsafe fn strip<L: Lanes, V: Row<L>, const W: usize>(
     acc: *mut f32,
@@ -140,15 +149,26 @@ unsafe fn strip<L: Lanes, V: Row<L>, const W: usize>(
     copy: *mut V,
     stride: usize,
     stream: bool,
+    scale_at: Option<usize>,
 ) {
     // SAFETY: all pointer arithmetic stays inside the ranges the caller guarantees.
     unsafe {
         let mut a: [L::F; W] = std::array::from_fn(|v| L::load(acc.add(L::N * v)));
+        let row_bytes = stride * std::mem::size_of::<V>();
         // Each register-wide piece is loaded, copied and added before the next is loaded: W
         // accumulators plus a couple of temporaries fit the register file (holding a whole row
         // too would spill an accumulator to the stack on every row).
         for (t, &p) in probs.iter().enumerate() {
             let row = rows.add(t * stride);
+            super::prefetch_lines(row.cast::<u8>().wrapping_add(PREFETCH_AHEAD), row_bytes);
+            let p = match scale_at {
+                Some(at) if p != 0.0 => {
+                    p * f32::from_bits(u32::from_le(
+                        row.cast::<u8>().add(at).cast::<u32>().read_unaligned(),
+                    ))
+                }
+                _ => p,
+            };
             let pv = L::splat(p);
             if copy.is_null() {
                 if p != 0.0 {
@@ -177,9 +197,11 @@ unsafe fn strip<L: Lanes, V: Row<L>, const W: usize>(
 /// multiple of `L::N`) get `Σ_t probs[t] · rows[t·stride + col]`, and `copy` (when not null)
 /// those columns of every row.
 ///
+/// With `scaled`, the rows are int8 rows whose float32 scale follows the `acc.len()` values.
+///
 /// # Safety
-/// `rows` (and `copy`) hold `probs.len()` rows of `stride >= acc.len()` elements; `L`'s
-/// features are enabled.
+/// `rows` (and `copy`) hold `probs.len()` rows of `stride >= acc.len()` elements (`acc.len() + 4`
+/// bytes at least when `scaled`); `L`'s features are enabled.
 #[inline(always)]
 unsafe fn strips<L: Lanes, V: Row<L>>(
     acc: &mut [f32],
@@ -188,6 +210,7 @@ unsafe fn strips<L: Lanes, V: Row<L>>(
     copy: *mut V,
     stride: usize,
     stream: bool,
+    scaled: bool,
 ) -> usize {
     let d = acc.len();
     let mut c = 0;
@@ -207,14 +230,16 @@ unsafe fn strips<L: Lanes, V: Row<L>>(
                 copy.wrapping_add(c)
             },
         );
-        // SAFETY: the strip covers columns c..c + w·N <= d of every row; L's features are on.
+        let at = scaled.then(|| (d - c) * std::mem::size_of::<V>());
+        // SAFETY: the strip covers columns c..c + w·N <= d of every row (and the scale after
+        // column d); L's features are on.
         unsafe {
             match w {
-                16 => strip::<L, V, 16>(acc, probs, rows, copy, stride, stream),
-                8 => strip::<L, V, 8>(acc, probs, rows, copy, stride, stream),
-                4 => strip::<L, V, 4>(acc, probs, rows, copy, stride, stream),
-                2 => strip::<L, V, 2>(acc, probs, rows, copy, stride, stream),
-                _ => strip::<L, V, 1>(acc, probs, rows, copy, stride, stream),
+                16 => strip::<L, V, 16>(acc, probs, rows, copy, stride, stream, at),
+                8 => strip::<L, V, 8>(acc, probs, rows, copy, stride, stream, at),
+                4 => strip::<L, V, 4>(acc, probs, rows, copy, stride, stream, at),
+                2 => strip::<L, V, 2>(acc, probs, rows, copy, stride, stream, at),
+                _ => strip::<L, V, 1>(acc, probs, rows, copy, stride, stream, at),
             }
         }
         c += w * L::N;
@@ -222,33 +247,31 @@ unsafe fn strips<L: Lanes, V: Row<L>>(
     c
 }
 
-/// `acc[c] += Σ_t weights[t] · rows[t·stride + c]` over rows longer than `acc` (the int8 rows,
-/// whose scale follows the values), rows of weight 0 skipped.
+/// `acc[c] += Σ_t weights[t] · scale_t · rows[t·(D + 4) + c]` over int8 rows (D values, then the
+/// row's float32 scale), rows of weight 0 skipped.
 ///
 /// # Safety
 /// Called from code compiled with `L`'s features.
 #[inline(always)]
-pub unsafe fn accumulate_strided<L: Lanes, V: Row<L>>(
-    acc: &mut [f32],
-    weights: &[f32],
-    rows: &[V],
-    stride: usize,
-) {
-    let d = acc.len();
-    assert!(stride >= d, "row stride");
+pub unsafe fn accumulate_int8<L: Lanes>(acc: &mut [f32], weights: &[f32], rows: &[i8])
+where
+    i8: Row<L>,
+{
+    let stride = acc.len() + 4;
     assert_eq!(rows.len(), weights.len() * stride, "rows and weights");
-    // SAFETY: L's features are on; rows holds weights.len() rows of `stride` elements.
+    // SAFETY: L's features are on; rows holds weights.len() rows of D values and a scale.
     let c = unsafe {
-        strips::<L, V>(
+        strips::<L, i8>(
             acc,
             weights,
             rows.as_ptr(),
             std::ptr::null_mut(),
             stride,
             false,
+            true,
         )
     };
-    scalar::accumulate_strided(acc, weights, rows, stride, c, V::to_f32);
+    scalar::accumulate_int8(acc, weights, rows, c);
 }
 
 /// `acc[c] += Σ_t probs[t] · rows[t·D + c]`, copying the rows to `copy_to` in the same pass (see
@@ -279,7 +302,7 @@ pub unsafe fn accumulate_rows<L: Lanes, V: Row<L>>(
         && (copy as usize).is_multiple_of(width)
         && (d * std::mem::size_of::<V>()).is_multiple_of(width);
     // SAFETY: L's features are on; rows (and copy) hold probs.len() rows of d elements.
-    let c = unsafe { strips::<L, V>(acc, probs, rows.as_ptr(), copy, d, stream) };
+    let c = unsafe { strips::<L, V>(acc, probs, rows.as_ptr(), copy, d, stream, false) };
     if stream {
         // SAFETY: L's features are on. Streaming stores are weakly ordered: fence them before
         // the pool reports completion.

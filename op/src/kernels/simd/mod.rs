@@ -118,18 +118,9 @@ macro_rules! entry_points {
         /// # Safety
         /// As above.
         #[target_feature(enable = $features)]
-        pub unsafe fn accumulate_strided<V: $crate::kernels::simd::lanes::Row<$lanes>>(
-            acc: &mut [f32],
-            weights: &[f32],
-            rows: &[V],
-            stride: usize,
-        ) {
+        pub unsafe fn accumulate_int8(acc: &mut [f32], weights: &[f32], rows: &[i8]) {
             // SAFETY: as above.
-            unsafe {
-                $crate::kernels::simd::lanes::accumulate_strided::<$lanes, V>(
-                    acc, weights, rows, stride,
-                )
-            }
+            unsafe { $crate::kernels::simd::lanes::accumulate_int8::<$lanes>(acc, weights, rows) }
         }
 
         /// # Safety
@@ -160,6 +151,27 @@ macro_rules! entry_points {
 }
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) use entry_points;
+
+/// Asks for the cache lines of `len` bytes at `start` ahead of a read (a hint: it never faults,
+/// so `start` may lie past the end of the data; nothing on other architectures).
+#[inline(always)]
+pub(crate) fn prefetch_lines(start: *const u8, len: usize) {
+    for offset in (0..len).step_by(64) {
+        let line = start.wrapping_add(offset);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch reads nothing architecturally and never faults; SSE is baseline.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.cast())
+        };
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: PRFM is a hint: it never faults and changes no register or memory.
+        unsafe {
+            std::arch::asm!("prfm pldl1keep, [{0}]", in(reg) line, options(nostack, readonly, preserves_flags))
+        };
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        let _ = line;
+    }
+}
 
 /// `x[i] = exp(x[i] - shift)`; `-inf` (a masked token) gives exactly 0. Returns the sum of the
 /// results (summed in lanes on the SIMD paths).
@@ -205,27 +217,24 @@ pub fn accumulate_rows_f16(
 
 /// [`accumulate_rows_f32`] for int8 rows (D values, then the row's float32 scale in four bytes;
 /// `rows.len() = weights.len() · (D + 4)`): each nonzero weight is multiplied by its row's scale
-/// (in place), then the int8 values are widened to float32 in registers and accumulated. With
+/// as the row is read, the int8 values widened to float32 in registers and accumulated. With
 /// `copy_to`, the rows (scales included) are copied first.
 #[inline]
 pub fn accumulate_rows_int8(
     acc: &mut [f32],
-    weights: &mut [f32],
+    weights: &[f32],
     rows: &[i8],
     copy_to: Option<&mut [i8]>,
 ) {
-    let stride = acc.len() + 4;
-    assert_eq!(rows.len(), weights.len() * stride, "int8 rows and weights");
-    for (w, row) in weights.iter_mut().zip(rows.chunks_exact(stride)) {
-        if *w != 0.0 {
-            *w *= super::value::int8_row_scale(row);
-        }
-    }
+    assert_eq!(
+        rows.len(),
+        weights.len() * (acc.len() + 4),
+        "int8 rows and weights"
+    );
     if let Some(dst) = copy_to {
         dst.copy_from_slice(rows);
     }
-    dispatch!(accumulate_strided(acc, weights, rows, stride)
-        else scalar::accumulate_strided(acc, weights, rows, stride, 0, |q: i8| q as f32))
+    dispatch!(accumulate_int8(acc, weights, rows) else scalar::accumulate_int8(acc, weights, rows, 0))
 }
 
 /// `acc *= c`.

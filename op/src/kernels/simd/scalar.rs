@@ -75,24 +75,18 @@ pub fn accumulate_rows_f16(
     accumulate_rows(acc, probs, rows, copy_to, f16::to_f32)
 }
 
-/// `acc[c] += Σ_t weights[t] · rows[t·stride + c]` for columns `from..D`, skipping rows of weight
-/// exactly 0.
-pub fn accumulate_strided<V: Copy>(
-    acc: &mut [f32],
-    weights: &[f32],
-    rows: &[V],
-    stride: usize,
-    from: usize,
-    to_f32: impl Fn(V) -> f32,
-) {
+/// `acc[c] += Σ_t weights[t] · scale_t · rows[t·(D + 4) + c]` for columns `from..D` of int8 rows
+/// (D values, then the row's float32 scale), skipping rows of weight exactly 0.
+pub fn accumulate_int8(acc: &mut [f32], weights: &[f32], rows: &[i8], from: usize) {
     let d = acc.len();
     if from >= d {
         return;
     }
-    for (&w, row) in weights.iter().zip(rows.chunks_exact(stride)) {
+    for (&w, row) in weights.iter().zip(rows.chunks_exact(d + 4)) {
         if w != 0.0 {
+            let w = w * crate::kernels::value::int8_row_scale(row);
             for (a, &v) in acc[from..].iter_mut().zip(&row[from..d]) {
-                *a += w * to_f32(v);
+                *a += w * v as f32;
             }
         }
     }
