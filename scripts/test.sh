@@ -12,6 +12,8 @@ cargo clippy --release --workspace --all-targets --locked --quiet -- -D warnings
 
 echo "== cargo test (kernels, Rust host through ONNX Runtime)"
 cargo test --release --workspace --locked --no-fail-fast
+# The kernels again on the AVX2 path where the CPU would choose AVX-512 (same tests, other lanes).
+LOOKAT_MAX_SIMD=avx2 cargo test --release --locked -p lookat-op --test reference
 
 echo "== ARM64: cross-built plugin and tests under qemu, inside aarch64 onnxruntime"
 "$LOOKAT_ROOT/scripts/arm64.sh"

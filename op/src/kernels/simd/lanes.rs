@@ -154,13 +154,22 @@ unsafe fn strip<L: Lanes, V: Row<L>, const W: usize>(
     // SAFETY: all pointer arithmetic stays inside the ranges the caller guarantees.
     unsafe {
         let mut a: [L::F; W] = std::array::from_fn(|v| L::load(acc.add(L::N * v)));
-        let row_bytes = stride * std::mem::size_of::<V>();
+        // About one prefetch per cache line of the stream: 1 per int8 row (68 bytes: the line
+        // holding the next row's start covers the overhang), 2 per float16 row, 4 per float32
+        // row (a line is asked for when more than half of it belongs to the row).
+        let lines_end = (stride * std::mem::size_of::<V>()).saturating_sub(32);
         // Each register-wide piece is loaded, copied and added before the next is loaded: W
         // accumulators plus a couple of temporaries fit the register file (holding a whole row
         // too would spill an accumulator to the stack on every row).
         for (t, &p) in probs.iter().enumerate() {
             let row = rows.add(t * stride);
-            super::prefetch_lines(row.cast::<u8>().wrapping_add(PREFETCH_AHEAD), row_bytes);
+            let ahead = row.cast::<u8>().wrapping_add(PREFETCH_AHEAD);
+            super::prefetch_line(ahead);
+            let mut line = 64;
+            while line < lines_end {
+                super::prefetch_line(ahead.wrapping_add(line));
+                line += 64;
+            }
             let p = match scale_at {
                 Some(at) if p != 0.0 => {
                     p * f32::from_bits(u32::from_le(

@@ -9,6 +9,8 @@
 
 #[cfg(target_arch = "aarch64")]
 pub mod arm;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
 pub(crate) mod lanes;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]
@@ -22,12 +24,15 @@ pub enum Level {
     Scalar,
     /// x86_64 with AVX2, FMA and F16C.
     Avx2,
+    /// x86_64 with AVX-512 F, BW and VL besides AVX2, FMA and F16C.
+    Avx512,
     /// aarch64 (NEON is part of the base architecture).
     Neon,
 }
 
 /// The level chosen once per process: the best the CPU has, or [`Level::Scalar`] when
-/// `LOOKAT_FORCE_SCALAR` is set.
+/// `LOOKAT_FORCE_SCALAR` is set; `LOOKAT_MAX_SIMD=avx2` keeps an AVX-512 CPU on the AVX2 path (so
+/// that both x86_64 paths can be tested on one machine).
 pub fn level() -> Level {
     static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| {
@@ -39,6 +44,14 @@ pub fn level() -> Level {
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
         {
+            let capped = std::env::var("LOOKAT_MAX_SIMD").is_ok_and(|v| v == "avx2");
+            if !capped
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+            {
+                return Level::Avx512;
+            }
             return Level::Avx2;
         }
         #[cfg(target_arch = "aarch64")]
@@ -54,6 +67,7 @@ pub fn simd_level() -> &'static str {
     match level() {
         Level::Scalar => "scalar",
         Level::Avx2 => "avx2+fma+f16c",
+        Level::Avx512 => "avx512f+bw+vl",
         Level::Neon => "neon",
     }
 }
@@ -66,6 +80,10 @@ macro_rules! dispatch {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: level() returns Avx2 only when the CPU has AVX2, FMA and F16C.
             $crate::kernels::simd::Level::Avx2 => unsafe { $crate::kernels::simd::x86::$f($($arg),*) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: level() returns Avx512 only when the CPU has AVX-512 F/BW/VL, AVX2, FMA
+            // and F16C.
+            $crate::kernels::simd::Level::Avx512 => unsafe { $crate::kernels::simd::avx512::$f($($arg),*) },
             #[cfg(target_arch = "aarch64")]
             // SAFETY: level() returns Neon only when the CPU has NEON.
             $crate::kernels::simd::Level::Neon => unsafe { $crate::kernels::simd::arm::$f($($arg),*) },
@@ -152,25 +170,22 @@ macro_rules! entry_points {
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 pub(crate) use entry_points;
 
-/// Asks for the cache lines of `len` bytes at `start` ahead of a read (a hint: it never faults,
-/// so `start` may lie past the end of the data; nothing on other architectures).
+/// Asks for the cache line holding `at` ahead of a read: a hint that never faults, so `at` may
+/// lie past the end of the data; nothing on architectures without a stable prefetch.
 #[inline(always)]
-pub(crate) fn prefetch_lines(start: *const u8, len: usize) {
-    for offset in (0..len).step_by(64) {
-        let line = start.wrapping_add(offset);
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch reads nothing architecturally and never faults; SSE is baseline.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.cast())
-        };
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: PRFM is a hint: it never faults and changes no register or memory.
-        unsafe {
-            std::arch::asm!("prfm pldl1keep, [{0}]", in(reg) line, options(nostack, readonly, preserves_flags))
-        };
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        let _ = line;
-    }
+pub(crate) fn prefetch_line(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing architecturally and never faults; SSE is baseline.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast())
+    };
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: PRFM is a hint: it never faults and changes no register or memory.
+    unsafe {
+        std::arch::asm!("prfm pldl1keep, [{0}]", in(reg) at, options(nostack, readonly, preserves_flags))
+    };
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let _ = at;
 }
 
 /// `x[i] = exp(x[i] - shift)`; `-inf` (a masked token) gives exactly 0. Returns the sum of the
