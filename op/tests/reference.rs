@@ -1537,6 +1537,77 @@ fn prepared_codebook_matches_f64_arithmetic() {
     }
 }
 
+/// The encoder's register kernels (AVX2, AVX-512, NEON: the nearest centroid kept in registers,
+/// tile by tile) against the first smallest of the distances the portable loops define —
+/// `‖c‖²` summed in order, then one fused multiply-add per element, `i` ascending — bit for bit:
+/// exact ties (duplicated centroids) go to the lowest index, NaN sub-vectors to code 0, for K
+/// that fills the register tiles and K that does not (the portable loops then run).
+#[test]
+fn encoder_kernels_pick_the_first_smallest_fused_distance() {
+    use lookat_op::kernels::PreparedCodebook;
+    let mut rng = Rng(97);
+    for (m, k, sub) in [
+        (4, 256, 16),
+        (2, 256, 32),
+        (8, 64, 8),
+        (1, 128, 64),
+        (4, 40, 16),
+    ] {
+        let mut book = rng.vec(m * k * sub, 1.0);
+        // Exact ties: centroid c + 1 duplicates centroid c for every third c.
+        for j in 0..m {
+            for c in (0..k - 1).step_by(3) {
+                let (src, dst) = ((j * k + c) * sub, (j * k + c + 1) * sub);
+                book.copy_within(src..src + sub, dst);
+            }
+        }
+        let prepared = PreparedCodebook::new(&book, m, k, sub);
+        let n = 37;
+        let mut keys: Vec<Vec<f32>> = (0..n).map(|_| rng.vec(m * sub, 1.0)).collect();
+        // Keys equal to a centroid (distance ties at the minimum), and one NaN sub-vector.
+        for (i, key) in keys.iter_mut().enumerate().take(8) {
+            let c = 3 * i % k;
+            key[..sub].copy_from_slice(&book[c * sub..(c + 1) * sub]);
+        }
+        keys[9][sub - 1] = f32::NAN;
+        let mut codes = vec![0u8; n * m];
+        prepared.encode_keys(n, |i| &keys[i], &mut codes);
+        for (i, key) in keys.iter().enumerate() {
+            for j in 0..m {
+                let x = &key[j * sub..(j + 1) * sub];
+                let (mut best, mut want) = (f32::INFINITY, 0usize);
+                for c in 0..k {
+                    let cent = &book[(j * k + c) * sub..][..sub];
+                    let mut d: f32 = cent.iter().map(|v| v * v).sum();
+                    for (&a, &b) in x.iter().zip(cent) {
+                        d = (-2.0 * a).mul_add(b, d);
+                    }
+                    if d < best {
+                        (best, want) = (d, c);
+                    }
+                }
+                let level = lookat_op::kernels::simd::simd_level();
+                if level == "scalar" && cfg!(target_arch = "x86_64") {
+                    // The portable loops without FMA (x86_64 scalar) round differently: the
+                    // documented bound holds instead.
+                    let cents = &book[j * k * sub..(j + 1) * k * sub];
+                    assert!(
+                        x.iter().any(|v| v.is_nan())
+                            || within_tie_bound(x, cents, codes[i * m + j]).0,
+                        "m={m} k={k} key {i} subspace {j} ({level})"
+                    );
+                } else {
+                    assert_eq!(
+                        codes[i * m + j] as usize,
+                        want,
+                        "m={m} k={k} key {i} subspace {j} ({level})"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// One-float sub-vectors (m = D) among 256 close centroids: where the expanded form's rounding
 /// decides near-ties, the code may differ from the exact nearest, but never by more than the
 /// documented bound. Prints how often the choice was not the exact nearest.

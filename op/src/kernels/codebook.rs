@@ -92,7 +92,7 @@ impl PreparedCodebook {
     /// Codes of `n` keys (`key(i)` is the i-th) into `codes`, `m` each.
     pub fn encode_keys<'a>(&self, n: usize, key: impl Fn(usize) -> &'a [f32], codes: &mut [u8]) {
         super::simd::dispatch!(encode_keys(self, n, key, codes)
-            else self.encode_keys_with::<PORTABLE_FUSED>(n, key, codes))
+            else self.encode_keys_with::<PORTABLE_FUSED, NoNearest>(n, key, codes))
     }
 
     /// [`Self::build_luts`] with or without fused multiply-adds; the SIMD entry points compile it
@@ -119,19 +119,40 @@ impl PreparedCodebook {
         }
     }
 
-    /// [`Self::encode_keys`], as above.
+    /// [`Self::encode_keys`], as above; `E` finds the nearest centroids in registers where the
+    /// architecture has such a kernel (the same codes as the sums and [`argmin`] below).
     #[inline(always)]
-    pub(crate) fn encode_keys_with<'a, const FUSED: bool>(
+    pub(crate) fn encode_keys_with<'a, const FUSED: bool, E: Nearest>(
         &self,
         n: usize,
         key: impl Fn(usize) -> &'a [f32],
         codes: &mut [u8],
     ) {
-        let (m, k) = (self.subspaces, self.centroids);
-        let mut scratch = Scratch::new(n, m, k, self.sub_dim);
+        let (m, k, sub) = (self.subspaces, self.centroids, self.sub_dim);
+        let mut scratch = Scratch::new(n, m, k, sub);
         for start in (0..n).step_by(GATHER_CHUNK) {
             let len = scratch.gather(start, n, &key, -2.0);
             for (j, first, count) in groups(len, m) {
+                let rows = &self.transposed[j * sub * k..(j + 1) * sub * k];
+                let norms = &self.norms[j * k..(j + 1) * k];
+                let part = &scratch.gathered[j * len * sub..(j + 1) * len * sub];
+                let scaled = &part[first * sub..(first + count) * sub];
+                // SAFETY: E's contract: the entry point that chose it enabled its features.
+                let found = unsafe {
+                    if count == GROUP {
+                        let xs: [&[f32]; GROUP] =
+                            std::array::from_fn(|g| &scaled[g * sub..(g + 1) * sub]);
+                        E::four(xs, rows, norms, k)
+                    } else {
+                        E::one(scaled, rows, norms, k).map(|c| [c; GROUP])
+                    }
+                };
+                if let Some(found) = found {
+                    for (g, &c) in found[..count].iter().enumerate() {
+                        codes[(start + first + g) * m + j] = c as u8;
+                    }
+                    continue;
+                }
                 let sums = self.group_sums::<FUSED>(j, first, count, true, &mut scratch);
                 for (g, dist) in sums.chunks_exact(k).enumerate() {
                     codes[(start + first + g) * m + j] = argmin(dist) as u8;
@@ -172,6 +193,9 @@ impl PreparedCodebook {
 /// in L2 while every subspace runs over them.
 const GATHER_CHUNK: usize = 256;
 
+/// Vectors ahead of the one being gathered whose lines [`Scratch::gather`] asks for.
+const GATHER_AHEAD: usize = 16;
+
 /// Buffers of [`PreparedCodebook::group_sums`].
 struct Scratch {
     /// `[m][len][d']`: the current chunk's vectors, scaled, split by subspace.
@@ -210,6 +234,14 @@ impl Scratch {
         let len = GATHER_CHUNK.min(n - start);
         self.len = len;
         for i in 0..len {
+            if i + GATHER_AHEAD < len {
+                // The rows are a `[B, S, H·D]` input's, kilobytes apart: ask for a later one's
+                // lines now (hardware prefetchers do not follow that stride far enough ahead).
+                let ahead = vector(start + i + GATHER_AHEAD);
+                for line in (0..ahead.len()).step_by(16) {
+                    super::simd::prefetch_line(ahead[line..].as_ptr().cast());
+                }
+            }
             let x = vector(start + i);
             for j in 0..m {
                 let dst = &mut self.gathered[(j * len + i) * sub..(j * len + i + 1) * sub];
@@ -272,10 +304,47 @@ pub fn argmin(values: &[f32]) -> usize {
 /// Centroids handled per tile for one vector: the partial sums live in registers (8 AVX2 or 16
 /// NEON registers) while the sub-vector dimension runs, instead of going to memory each step.
 const TILE: usize = 64;
+/// A register kernel for [`PreparedCodebook::encode_keys`]: the nearest centroid of pre-scaled
+/// (−2x) sub-vectors, equal to [`argmin`] over the distances the portable loops compute, or
+/// `None` to let those loops run.
+///
+/// # Safety
+/// Implementations may use their architecture's intrinsics: callers enable those features.
+pub(crate) unsafe trait Nearest {
+    /// Four sub-vectors ([`GROUP`]).
+    ///
+    /// # Safety
+    /// The implementation's target features are enabled.
+    unsafe fn four(
+        xs: [&[f32]; GROUP],
+        rows: &[f32],
+        norms: &[f32],
+        k: usize,
+    ) -> Option<[usize; GROUP]>;
+    /// One sub-vector.
+    ///
+    /// # Safety
+    /// As for [`Nearest::four`].
+    unsafe fn one(x: &[f32], rows: &[f32], norms: &[f32], k: usize) -> Option<usize>;
+}
+
+/// No register kernel: the portable loops.
+pub(crate) struct NoNearest;
+
+// SAFETY: no intrinsics.
+unsafe impl Nearest for NoNearest {
+    unsafe fn four(_: [&[f32]; GROUP], _: &[f32], _: &[f32], _: usize) -> Option<[usize; GROUP]> {
+        None
+    }
+    unsafe fn one(_: &[f32], _: &[f32], _: &[f32], _: usize) -> Option<usize> {
+        None
+    }
+}
+
 /// Vectors (queries of a prefill chunk, new keys) handled together, so that each loaded row of
 /// centroids serves all of them; with [`GROUP_TILE`] centroids per tile, their sums fill 8 AVX2
 /// registers.
-const GROUP: usize = 4;
+pub(crate) const GROUP: usize = 4;
 const GROUP_TILE: usize = 16;
 
 /// `out[g·K + c] = init[c] + Σ_i xs[g]_i · C[c]_i` (init 0 when `None`) for each vector `g` and

@@ -24,6 +24,7 @@ pub struct Neon;
 unsafe impl Lanes for Neon {
     const N: usize = 4;
     const MAX_STRIP: usize = 16;
+    const ENCODE_PAIRS: bool = false;
     type F = float32x4_t;
 
     #[inline(always)]
@@ -90,6 +91,16 @@ unsafe impl Lanes for Neon {
                 vdupq_n_s32(127),
             )))
         }
+    }
+    #[inline(always)]
+    unsafe fn select_lt(
+        a: float32x4_t,
+        b: float32x4_t,
+        x: float32x4_t,
+        y: float32x4_t,
+    ) -> float32x4_t {
+        // SAFETY: NEON is enabled. FCMGT is false when either operand is NaN.
+        unsafe { vbslq_f32(vcltq_f32(a, b), x, y) }
     }
     #[inline(always)]
     unsafe fn zero_below(v: float32x4_t, x: float32x4_t, bound: f32) -> float32x4_t {

@@ -23,6 +23,7 @@ pub struct Avx512;
 unsafe impl Lanes for Avx512 {
     const N: usize = 16;
     const MAX_STRIP: usize = 8;
+    const ENCODE_PAIRS: bool = false;
     type F = __m512;
 
     #[inline(always)]
@@ -89,6 +90,11 @@ unsafe impl Lanes for Avx512 {
                 _mm512_set1_epi32(127),
             )))
         }
+    }
+    #[inline(always)]
+    unsafe fn select_lt(a: __m512, b: __m512, x: __m512, y: __m512) -> __m512 {
+        // SAFETY: AVX-512F is enabled.
+        unsafe { _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, b), y, x) }
     }
     #[inline(always)]
     unsafe fn zero_below(v: __m512, x: __m512, bound: f32) -> __m512 {

@@ -7,7 +7,10 @@
 //! result differs between them only where an instruction itself does (e.g. how `max` treats NaN,
 //! which each implementation documents).
 
+use std::marker::PhantomData;
+
 use super::scalar;
+use crate::kernels::codebook::{Nearest, GROUP};
 
 /// One vector of `N` float32 lanes and the operations the kernels use.
 ///
@@ -18,6 +21,9 @@ pub unsafe trait Lanes {
     const N: usize;
     /// Vectors held in registers by the widest value-accumulation strip.
     const MAX_STRIP: usize;
+    /// Whether the encoder's register tile takes keys two at a time (16 registers: 8
+    /// accumulators and each key's best distances and indices) rather than four.
+    const ENCODE_PAIRS: bool;
     type F: Copy;
 
     unsafe fn splat(x: f32) -> Self::F;
@@ -38,6 +44,8 @@ pub unsafe trait Lanes {
     unsafe fn round(a: Self::F) -> Self::F;
     /// `2^n` for lanes holding integers in the normal exponent range.
     unsafe fn pow2i(n: Self::F) -> Self::F;
+    /// `x` where `a < b` (an ordered comparison: false when either is NaN), else `y`.
+    unsafe fn select_lt(a: Self::F, b: Self::F, x: Self::F, y: Self::F) -> Self::F;
     /// `v` where `x >= bound`, 0 where `x < bound`.
     unsafe fn zero_below(v: Self::F, x: Self::F, bound: f32) -> Self::F;
     unsafe fn reduce_sum(v: Self::F) -> f32;
@@ -318,4 +326,141 @@ pub unsafe fn accumulate_rows<L: Lanes, V: Row<L>>(
         unsafe { L::store_fence() };
     }
     scalar::accumulate_columns(acc, probs, rows, copy_to, c, V::to_f32);
+}
+
+/// The nearest centroid of each of `N` sub-vectors among one subspace's K centroids (`rows` its
+/// `[d'][K]` transposed block, `norms` its `‖c‖²`), the sub-vectors already scaled by −2: the
+/// distances `‖c‖² + Σ_i x'_i·c_i` are summed exactly as the portable loops sum them (fused
+/// multiply-adds, `i` ascending) and reduced in registers, tile by tile, to each lane's first
+/// smallest (an ordered `<`: NaN never wins), then to the first smallest overall — what
+/// [`crate::kernels::argmin`] returns over the same distances, without writing them out. `None`
+/// when K is not a whole number of tiles.
+///
+/// # Safety
+/// `L`'s features are enabled.
+#[inline(always)]
+unsafe fn nearest<L: Lanes, const N: usize, const V: usize>(
+    xs: [&[f32]; N],
+    rows: &[f32],
+    norms: &[f32],
+    k: usize,
+) -> Option<[usize; N]> {
+    let sub = xs[0].len();
+    let width = V * L::N;
+    if !k.is_multiple_of(width) || L::N > 16 {
+        return None;
+    }
+    assert!(rows.len() >= sub * k && norms.len() >= k, "encoder tiles");
+    assert!(xs.iter().all(|x| x.len() == sub), "sub-vectors");
+    let lane_index: [f32; 16] = std::array::from_fn(|i| i as f32);
+    // SAFETY: L's features are on; loads read rows[i·K + c0 .. + width] with i < d' and
+    // c0 + width <= K, norms[c0 .. + width], xs[g][i] with i < d': inside the slices checked
+    // above; lane_index holds 16 >= L::N floats.
+    unsafe {
+        let iota = L::load(lane_index.as_ptr());
+        let mut best = [L::splat(f32::INFINITY); N];
+        let mut best_index = [L::splat(0.0); N];
+        let mut c0 = 0;
+        while c0 < k {
+            let start: [L::F; V] =
+                std::array::from_fn(|v| L::load(norms.as_ptr().add(c0 + v * L::N)));
+            let mut acc = [start; N];
+            let mut row = rows.as_ptr().add(c0);
+            for i in 0..sub {
+                let cs: [L::F; V] = std::array::from_fn(|v| L::load(row.add(v * L::N)));
+                for (a, x) in acc.iter_mut().zip(&xs) {
+                    let b = L::splat(*x.get_unchecked(i));
+                    for (a, &c) in a.iter_mut().zip(&cs) {
+                        *a = L::mul_add(b, c, *a);
+                    }
+                }
+                row = row.add(k);
+            }
+            for ((a, b), bi) in acc.iter().zip(&mut best).zip(&mut best_index) {
+                for (v, &d) in a.iter().enumerate() {
+                    // Centroid indices are exact in f32 (K <= 2^24).
+                    let index = L::add(iota, L::splat((c0 + v * L::N) as f32));
+                    *bi = L::select_lt(d, *b, index, *bi);
+                    *b = L::select_lt(d, *b, d, *b);
+                }
+            }
+            c0 += width;
+        }
+        let mut codes = [0usize; N];
+        for ((code, &b), &bi) in codes.iter_mut().zip(&best).zip(&best_index) {
+            let (mut values, mut indices) = ([0.0f32; 16], [0.0f32; 16]);
+            L::store(values.as_mut_ptr(), b);
+            L::store(indices.as_mut_ptr(), bi);
+            // Branch-free (the winning lane is data, not a pattern a predictor learns): the
+            // smallest value, then the smallest index holding it.
+            let lanes = values[..L::N].iter().zip(&indices[..L::N]);
+            let min = values[..L::N].iter().fold(f32::INFINITY, |m, &v| m.min(v));
+            let at = lanes.fold(f32::INFINITY, |at, (&v, &i)| {
+                at.min(if v == min { i } else { f32::INFINITY })
+            });
+            // 0 when nothing is below +inf, as argmin.
+            *code = if min < f32::INFINITY { at as usize } else { 0 };
+        }
+        Some(codes)
+    }
+}
+
+/// The nearest centroids of four sub-vectors (pairs on 16-register machines); see [`nearest`].
+///
+/// # Safety
+/// `L`'s features are enabled.
+#[inline(always)]
+pub unsafe fn nearest_four<L: Lanes>(
+    xs: [&[f32]; 4],
+    rows: &[f32],
+    norms: &[f32],
+    k: usize,
+) -> Option<[usize; 4]> {
+    // SAFETY: the caller enabled L's features.
+    unsafe {
+        if L::ENCODE_PAIRS {
+            let [a, b] = nearest::<L, 2, 4>([xs[0], xs[1]], rows, norms, k)?;
+            let [c, d] = nearest::<L, 2, 4>([xs[2], xs[3]], rows, norms, k)?;
+            Some([a, b, c, d])
+        } else {
+            nearest::<L, 4, 2>(xs, rows, norms, k)
+        }
+    }
+}
+
+/// The nearest centroid of one sub-vector; see [`nearest`].
+///
+/// # Safety
+/// `L`'s features are enabled.
+#[inline(always)]
+pub unsafe fn nearest_one<L: Lanes>(
+    x: &[f32],
+    rows: &[f32],
+    norms: &[f32],
+    k: usize,
+) -> Option<usize> {
+    // SAFETY: the caller enabled L's features.
+    unsafe { nearest::<L, 1, 4>([x], rows, norms, k).map(|[c]| c) }
+}
+
+/// [`Nearest`] in `L`'s registers.
+pub(crate) struct LaneNearest<L>(PhantomData<L>);
+
+// SAFETY: only `L`'s intrinsics, reached from entry points compiled with its features.
+unsafe impl<L: Lanes> Nearest for LaneNearest<L> {
+    #[inline(always)]
+    unsafe fn four(
+        xs: [&[f32]; GROUP],
+        rows: &[f32],
+        norms: &[f32],
+        k: usize,
+    ) -> Option<[usize; GROUP]> {
+        // SAFETY: the caller enabled L's features.
+        unsafe { nearest_four::<L>(xs, rows, norms, k) }
+    }
+    #[inline(always)]
+    unsafe fn one(x: &[f32], rows: &[f32], norms: &[f32], k: usize) -> Option<usize> {
+        // SAFETY: as above.
+        unsafe { nearest_one::<L>(x, rows, norms, k) }
+    }
 }

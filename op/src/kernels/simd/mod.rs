@@ -163,7 +163,9 @@ macro_rules! entry_points {
             key: impl Fn(usize) -> &'a [f32],
             codes: &mut [u8],
         ) {
-            book.encode_keys_with::<true>(n, key, codes)
+            book.encode_keys_with::<true, $crate::kernels::simd::lanes::LaneNearest<$lanes>>(
+                n, key, codes,
+            )
         }
     };
 }

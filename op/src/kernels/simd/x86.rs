@@ -21,6 +21,7 @@ pub struct Avx2;
 unsafe impl Lanes for Avx2 {
     const N: usize = 8;
     const MAX_STRIP: usize = 8;
+    const ENCODE_PAIRS: bool = true;
     type F = __m256;
 
     #[inline(always)]
@@ -87,6 +88,11 @@ unsafe impl Lanes for Avx2 {
                 _mm256_set1_epi32(127),
             )))
         }
+    }
+    #[inline(always)]
+    unsafe fn select_lt(a: __m256, b: __m256, x: __m256, y: __m256) -> __m256 {
+        // SAFETY: AVX is enabled.
+        unsafe { _mm256_blendv_ps(y, x, _mm256_cmp_ps::<_CMP_LT_OQ>(a, b)) }
     }
     #[inline(always)]
     unsafe fn zero_below(v: __m256, x: __m256, bound: f32) -> __m256 {
