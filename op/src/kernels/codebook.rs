@@ -193,9 +193,6 @@ impl PreparedCodebook {
 /// in L2 while every subspace runs over them.
 const GATHER_CHUNK: usize = 256;
 
-/// Vectors ahead of the one being gathered whose lines [`Scratch::gather`] asks for.
-const GATHER_AHEAD: usize = 16;
-
 /// Buffers of [`PreparedCodebook::group_sums`].
 struct Scratch {
     /// `[m][len][d']`: the current chunk's vectors, scaled, split by subspace.
@@ -234,14 +231,6 @@ impl Scratch {
         let len = GATHER_CHUNK.min(n - start);
         self.len = len;
         for i in 0..len {
-            if i + GATHER_AHEAD < len {
-                // The rows are a `[B, S, H·D]` input's, kilobytes apart: ask for a later one's
-                // lines now (hardware prefetchers do not follow that stride far enough ahead).
-                let ahead = vector(start + i + GATHER_AHEAD);
-                for line in (0..ahead.len()).step_by(16) {
-                    super::simd::prefetch_line(ahead[line..].as_ptr().cast());
-                }
-            }
             let x = vector(start + i);
             for j in 0..m {
                 let dst = &mut self.gathered[(j * len + i) * sub..(j * len + i + 1) * sub];
