@@ -14,6 +14,7 @@ use std::ops::Range;
 use lookat_contract::window;
 
 use super::geometry::invalid;
+use super::simd::{PRODUCT_QUERIES, PRODUCT_TILE};
 use super::{
     adc_scores, Geometry, KeyTransforms, LookatError, OnlineSoftmax, ParallelFor,
     PreparedCodebooks, ValueElem,
@@ -651,14 +652,7 @@ impl<V: ValueElem> Call<'_, V> {
     /// new tokens are already written (by the caller).
     fn run_head_gemm(&self, bh: usize) -> bool {
         let g = &self.g;
-        let (p_n, t_n, m, k, d, sub) = (
-            g.past_tokens,
-            g.total_tokens(),
-            g.subspaces,
-            g.centroids,
-            g.head_dim,
-            g.sub_dim(),
-        );
+        let (p_n, t_n, m, d) = (g.past_tokens, g.total_tokens(), g.subspaces, g.head_dim);
         let (b, kv) = self.task(bh);
         let row = self.value_row();
         // SAFETY: task bh alone owns the [b, kv head] block of the present tensors.
@@ -667,7 +661,12 @@ impl<V: ValueElem> Call<'_, V> {
             codes[..p_n * m].copy_from_slice(self.past_codes(bh));
             values[..p_n * row].copy_from_slice(self.past_values(bh));
         }
-        let mask = self.inp.attention_mask.map(|mk| &mk[b * t_n..][..t_n]);
+        // A mask that allows every token changes nothing: skip its T²/2 checks.
+        let mask = self
+            .inp
+            .attention_mask
+            .map(|mk| &mk[b * t_n..][..t_n])
+            .filter(|mk| mk.contains(&0));
         let mut vals = vec![0.0f32; t_n * d];
         for (t, out) in vals.chunks_exact_mut(d).enumerate() {
             if mask.is_none_or(|mk| mk[t] != 0) {
@@ -677,53 +676,60 @@ impl<V: ValueElem> Call<'_, V> {
         if !vals.iter().all(|v| v.is_finite()) {
             return false;
         }
-        let mut keys = vec![0.0f32; t_n * d];
-        let books = &self.inp.codebooks[kv * m * k * sub..][..m * k * sub];
-        for (t, out) in keys.chunks_exact_mut(d).enumerate() {
-            for (j, part) in out.chunks_exact_mut(sub).enumerate() {
-                let c = codes[t * m + j] as usize;
-                part.copy_from_slice(&books[(j * k + c) * sub..][..sub]);
-            }
-        }
+        // Keys dequantized from their codes, transposed (`[D][T]`): the score product loads
+        // vectors of keys and broadcasts query elements.
+        // Rows padded off multiples of 4 KiB: the product reads one line from each of the D rows
+        // per tile, and rows 4 KiB apart would share L1 sets.
+        let stride = t_n.next_multiple_of(PRODUCT_TILE) + 16;
+        let mut keys_t = vec![0.0f32; d * stride];
+        self.books
+            .head(kv)
+            .dequantize_transposed(&codes[..t_n * m], stride, &mut keys_t);
         let n_queries = g.new_tokens * g.group();
         let mut exact_key = vec![0.0f32; d];
+        let blocks = GEMM_QUERY_CHUNK.div_ceil(PRODUCT_QUERIES);
+        let (mut widths, mut sums) = (vec![0usize; blocks], vec![0.0f32; GEMM_QUERY_CHUNK]);
+        let mut scaled_queries = vec![0.0f32; GEMM_QUERY_CHUNK * d];
+        let mut out = vec![0.0f32; GEMM_QUERY_CHUNK * d];
+        let mut scores = Vec::new();
         for first in (0..n_queries).step_by(GEMM_QUERY_CHUNK) {
             let queries = first..(first + GEMM_QUERY_CHUNK).min(n_queries);
             let n = queries.len();
-            // Tokens the chunk's last query sees: the product's width.
-            let width = p_n + self.query_of(bh, queries.end - 1).1 + 1;
-            let mut table_queries = vec![0.0f32; n * d];
-            for (i, q) in queries.clone().zip(table_queries.chunks_exact_mut(d)) {
+            // Tokens the chunk's last query sees: the score rows' length; each block of
+            // PRODUCT_QUERIES queries is computed up to its own last query's tokens.
+            let stop_of = |i: usize| p_n + self.query_of(bh, i).1 + 1;
+            let width = stop_of(queries.end - 1);
+            for (b, w) in widths
+                .iter_mut()
+                .enumerate()
+                .take(n.div_ceil(PRODUCT_QUERIES))
+            {
+                *w = stop_of((first + (b + 1) * PRODUCT_QUERIES).min(queries.end) - 1);
+            }
+            // The scale rides on the queries, as in the lookup tables.
+            for (i, q) in queries.clone().zip(scaled_queries.chunks_exact_mut(d)) {
                 match self.inp.transforms {
                     None => q.copy_from_slice(self.query(bh, i)),
                     Some(tr) => tr.query(kv, self.query(bh, i), q),
                 }
+                q.iter_mut().for_each(|x| *x *= self.scale);
             }
-            let mut scores = vec![0.0f32; n * width];
-            // SAFETY: row-major n×d, width×d (read transposed) and n×width buffers that live
-            // through the call; strides as laid out above.
-            unsafe {
-                matrixmultiply::sgemm(
-                    n,
-                    d,
-                    width,
-                    self.scale,
-                    table_queries.as_ptr(),
-                    d as isize,
-                    1,
-                    keys.as_ptr(),
-                    1,
-                    d as isize,
-                    0.0,
-                    scores.as_mut_ptr(),
-                    width as isize,
-                    1,
-                );
-            }
-            let mut sums = vec![0.0f32; n];
+            // Score rows hold whole tiles of the product.
+            let ld = width.next_multiple_of(PRODUCT_TILE);
+            scores.resize(n * ld, 0.0);
+            super::simd::query_key_dots(
+                &scaled_queries[..n * d],
+                n,
+                d,
+                &keys_t,
+                stride,
+                &widths,
+                &mut scores,
+                ld,
+            );
             for ((i, block), sum) in queries
                 .clone()
-                .zip(scores.chunks_exact_mut(width))
+                .zip(scores.chunks_exact_mut(ld))
                 .zip(sums.iter_mut())
             {
                 let s = self.query_of(bh, i).1;
@@ -752,34 +758,19 @@ impl<V: ValueElem> Call<'_, V> {
                         }
                     }
                 }
-                block[stop..].fill(f32::NEG_INFINITY);
-                let max = super::simd::max(block);
+                // Weights past the query's tokens are 0 (the output product runs to its block's
+                // width).
+                block[stop..].fill(0.0);
+                let visible = &mut block[..stop];
+                let max = super::simd::max(visible);
                 if max == f32::NEG_INFINITY {
-                    block.fill(0.0); // no visible token: the output row is zeros
+                    visible.fill(0.0); // no visible token: the output row is zeros
+                    *sum = 0.0;
                 } else {
-                    *sum = super::simd::exp_shifted(block, max);
+                    *sum = super::simd::exp_shifted(visible, max);
                 }
             }
-            let mut out = vec![0.0f32; n * d];
-            // SAFETY: row-major n×width, width×d and n×d buffers that live through the call.
-            unsafe {
-                matrixmultiply::sgemm(
-                    n,
-                    width,
-                    d,
-                    1.0,
-                    scores.as_ptr(),
-                    width as isize,
-                    1,
-                    vals.as_ptr(),
-                    d as isize,
-                    1,
-                    0.0,
-                    out.as_mut_ptr(),
-                    d as isize,
-                    1,
-                );
-            }
+            super::simd::weighted_rows(&scores, ld, n, &widths, &vals, d, &mut out[..n * d]);
             for ((i, o), &sum) in queries.zip(out.chunks_exact(d)).zip(&sums) {
                 // SAFETY: the output row of query i of task bh: D floats only this task writes.
                 let dst = unsafe { self.output_row(bh, i) };

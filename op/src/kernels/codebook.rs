@@ -67,6 +67,28 @@ impl PreparedCodebook {
         self.centroids
     }
 
+    /// The keys `codes` (`T × m`) stand for, transposed: `out[i·stride + t]` is element `i` of key
+    /// `t`'s centroids (`out.len() = D·stride`, `stride >= T`), each row of the output a lookup
+    /// into one row of the transposed codebook.
+    pub fn dequantize_transposed(&self, codes: &[u8], stride: usize, out: &mut [f32]) {
+        let (m, k, sub) = (self.subspaces, self.centroids, self.sub_dim);
+        let t_n = codes.len() / m.max(1);
+        assert!(
+            stride >= t_n && out.len() == m * sub * stride,
+            "transposed keys"
+        );
+        for (i, (row, centroids)) in out
+            .chunks_exact_mut(stride.max(1))
+            .zip(self.transposed.chunks_exact(k))
+            .enumerate()
+        {
+            let j = i / sub;
+            for (o, code) in row.iter_mut().zip(codes.chunks_exact(m)) {
+                *o = centroids[code[j] as usize];
+            }
+        }
+    }
+
     /// Lookup tables of one query: `lut[j*K + c] = scale · (q_j · C_j[c])`.
     pub fn build_lut(&self, query: &[f32], scale: f32, lut: &mut [f32]) {
         self.build_luts(1, |_| query, scale, lut)

@@ -464,3 +464,155 @@ unsafe impl<L: Lanes> Nearest for LaneNearest<L> {
         unsafe { nearest_one::<L>(x, rows, norms, k) }
     }
 }
+
+/// Queries handled together by the prefill products: each loaded vector of keys (or of a value
+/// row) serves four of them, their sums in 4 × 2 registers.
+pub const PRODUCT_QUERIES: usize = 4;
+/// Key columns [`query_key_dots`] computes per step on every architecture's widest registers,
+/// and the multiple its row widths are rounded up to.
+pub const PRODUCT_TILE: usize = 32;
+
+/// `out[q·ld + t] = Σ_i xs[q·d + i] · kt[i·stride + t]` for the `n` rows of `xs` (`d` floats
+/// each) and `t < widths[q / 4]` rounded up to a multiple of [`PRODUCT_TILE`] (whole tiles:
+/// `stride` and `ld` must hold them): a block of queries against keys stored transposed
+/// (`[d][stride]`), the sums of 4 queries × 2 vectors of keys in registers while `i` runs
+/// (ascending, fused multiply-adds). Entries past the rounded width are not written.
+///
+/// # Safety
+/// `L`'s features are enabled.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn query_key_dots<L: Lanes>(
+    xs: &[f32],
+    n: usize,
+    d: usize,
+    kt: &[f32],
+    stride: usize,
+    widths: &[usize],
+    out: &mut [f32],
+    ld: usize,
+) {
+    const Q: usize = PRODUCT_QUERIES;
+    assert!(
+        xs.len() >= n * d && widths.len() >= n.div_ceil(Q),
+        "query blocks"
+    );
+    let rounded = |w: usize| w.next_multiple_of(PRODUCT_TILE);
+    assert!(
+        widths
+            .iter()
+            .all(|&w| rounded(w) <= stride && rounded(w) <= ld),
+        "block widths"
+    );
+    assert!(
+        kt.len() >= d * stride && out.len() >= n * ld,
+        "keys and scores"
+    );
+    let tile = 2 * L::N;
+    assert!(PRODUCT_TILE.is_multiple_of(tile), "tile");
+    let blocks = n.div_ceil(Q);
+    let widest = widths[..blocks]
+        .iter()
+        .map(|&w| rounded(w))
+        .max()
+        .unwrap_or(0);
+    // Tiles of keys outside, query blocks inside: a tile's D rows (4–8 KiB) stay in L1 while
+    // every block that sees them reads them.
+    for t0 in (0..widest).step_by(tile) {
+        for (block, &width) in widths[..blocks].iter().enumerate() {
+            if t0 >= rounded(width) {
+                continue; // causal: this block's queries do not see these keys
+            }
+            let q0 = block * Q;
+            let rows = (n - q0).min(Q);
+            let x: [&[f32]; Q] = std::array::from_fn(|g| &xs[(q0 + g.min(rows - 1)) * d..][..d]);
+            // SAFETY: L's features are on; loads read kt[i·stride + t0 .. + tile] (i < d,
+            // t0 + tile <= rounded width <= stride) and x[g][i] (i < d); stores write
+            // out[(q0 + g)·ld + t0 .. + tile] for g < rows, inside out (checked above). Rows
+            // past `rows` repeat the last query and are not stored.
+            unsafe {
+                let mut acc = [[L::splat(0.0); 2]; Q];
+                let mut k = kt.as_ptr().add(t0);
+                for i in 0..d {
+                    let c = [L::load(k), L::load(k.add(L::N))];
+                    for (a, x) in acc.iter_mut().zip(&x) {
+                        let b = L::splat(*x.get_unchecked(i));
+                        a[0] = L::mul_add(b, c[0], a[0]);
+                        a[1] = L::mul_add(b, c[1], a[1]);
+                    }
+                    k = k.add(stride);
+                }
+                for (g, a) in acc.iter().enumerate().take(rows) {
+                    let o = out.as_mut_ptr().add((q0 + g) * ld + t0);
+                    L::store(o, a[0]);
+                    L::store(o.add(L::N), a[1]);
+                }
+            }
+        }
+    }
+}
+
+/// `out[q·d + c] = Σ_{t < widths[q / 4]} p[q·ld + t] · v[t·d + c]`: softmax weights of a block of
+/// queries times value rows (`[T][d]`), the sums of 4 queries × 2 vectors of columns in
+/// registers while `t` runs (ascending, fused multiply-adds). Every weight must multiply a finite
+/// value (the caller checks): a zero weight is not skipped.
+///
+/// # Safety
+/// `L`'s features are enabled.
+#[inline(always)]
+pub unsafe fn weighted_rows<L: Lanes>(
+    p: &[f32],
+    ld: usize,
+    n: usize,
+    widths: &[usize],
+    v: &[f32],
+    d: usize,
+    out: &mut [f32],
+) {
+    const Q: usize = PRODUCT_QUERIES;
+    assert!(widths.len() >= n.div_ceil(Q) && widths.iter().all(|&w| w <= ld));
+    assert!(
+        p.len() >= n * ld && out.len() >= n * d,
+        "weights and outputs"
+    );
+    assert!(widths.iter().all(|&w| v.len() >= w * d), "value rows");
+    let strip = 2 * L::N;
+    for (block, &width) in widths.iter().enumerate().take(n.div_ceil(Q)) {
+        let q0 = block * Q;
+        let rows = (n - q0).min(Q);
+        let w: [&[f32]; Q] = std::array::from_fn(|g| &p[(q0 + g.min(rows - 1)) * ld..][..width]);
+        let mut c0 = 0;
+        // SAFETY: L's features are on; loads read v[t·d + c0 .. + strip] (t < width,
+        // c0 + strip <= d) and w[g][t]; stores write out[(q0 + g)·d + c0 .. + strip], g < rows.
+        unsafe {
+            while c0 + strip <= d {
+                let mut acc = [[L::splat(0.0); 2]; Q];
+                let mut row = v.as_ptr().add(c0);
+                for t in 0..width {
+                    let c = [L::load(row), L::load(row.add(L::N))];
+                    for (a, w) in acc.iter_mut().zip(&w) {
+                        let b = L::splat(*w.get_unchecked(t));
+                        a[0] = L::mul_add(b, c[0], a[0]);
+                        a[1] = L::mul_add(b, c[1], a[1]);
+                    }
+                    row = row.add(d);
+                }
+                for (g, a) in acc.iter().enumerate().take(rows) {
+                    let o = out.as_mut_ptr().add((q0 + g) * d + c0);
+                    L::store(o, a[0]);
+                    L::store(o.add(L::N), a[1]);
+                }
+                c0 += strip;
+            }
+        }
+        for (g, w) in w.iter().enumerate().take(rows) {
+            for c in c0..d {
+                let mut sum = 0.0f32;
+                for (t, &wt) in w.iter().enumerate() {
+                    sum = wt.mul_add(v[t * d + c], sum);
+                }
+                out[(q0 + g) * d + c] = sum;
+            }
+        }
+    }
+}

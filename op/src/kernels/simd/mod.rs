@@ -144,6 +144,46 @@ macro_rules! entry_points {
         /// # Safety
         /// As above.
         #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn query_key_dots(
+            xs: &[f32],
+            n: usize,
+            d: usize,
+            kt: &[f32],
+            stride: usize,
+            widths: &[usize],
+            out: &mut [f32],
+            ld: usize,
+        ) {
+            // SAFETY: as above.
+            unsafe {
+                $crate::kernels::simd::lanes::query_key_dots::<$lanes>(
+                    xs, n, d, kt, stride, widths, out, ld,
+                )
+            }
+        }
+
+        /// # Safety
+        /// As above.
+        #[target_feature(enable = $features)]
+        pub unsafe fn weighted_rows(
+            p: &[f32],
+            ld: usize,
+            n: usize,
+            widths: &[usize],
+            v: &[f32],
+            d: usize,
+            out: &mut [f32],
+        ) {
+            // SAFETY: as above.
+            unsafe {
+                $crate::kernels::simd::lanes::weighted_rows::<$lanes>(p, ld, n, widths, v, d, out)
+            }
+        }
+
+        /// # Safety
+        /// As above.
+        #[target_feature(enable = $features)]
         pub unsafe fn build_luts<'a>(
             book: &$crate::kernels::codebook::PreparedCodebook,
             n: usize,
@@ -253,6 +293,44 @@ pub fn accumulate_rows_int8(
     }
     dispatch!(accumulate_int8(acc, weights, rows) else scalar::accumulate_int8(acc, weights, rows, 0))
 }
+
+/// The prefill's score product: `out[q·ld + t] = Σ_i xs[q·d + i] · kt[i·stride + t]` for the
+/// `n` query rows and `t < widths[q / PRODUCT_QUERIES]` rounded up to a multiple of
+/// [`PRODUCT_TILE`] (keys transposed, `[d][stride]`; `stride` and `ld` hold the rounded widths);
+/// entries past that are left as they were.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn query_key_dots(
+    xs: &[f32],
+    n: usize,
+    d: usize,
+    kt: &[f32],
+    stride: usize,
+    widths: &[usize],
+    out: &mut [f32],
+    ld: usize,
+) {
+    dispatch!(query_key_dots(xs, n, d, kt, stride, widths, out, ld)
+        else scalar::query_key_dots(xs, n, d, kt, stride, widths, out, ld))
+}
+
+/// The prefill's output product: `out[q·d + c] = Σ_{t < widths[q / PRODUCT_QUERIES]} p[q·ld + t]
+/// · v[t·d + c]` (weights of zero are multiplied, not skipped: the values must be finite).
+#[inline]
+pub fn weighted_rows(
+    p: &[f32],
+    ld: usize,
+    n: usize,
+    widths: &[usize],
+    v: &[f32],
+    d: usize,
+    out: &mut [f32],
+) {
+    dispatch!(weighted_rows(p, ld, n, widths, v, d, out)
+        else scalar::weighted_rows(p, ld, n, widths, v, d, out))
+}
+
+pub use lanes::{PRODUCT_QUERIES, PRODUCT_TILE};
 
 /// `acc *= c`.
 #[inline]

@@ -91,3 +91,48 @@ pub fn accumulate_int8(acc: &mut [f32], weights: &[f32], rows: &[i8], from: usiz
         }
     }
 }
+
+/// [`super::query_key_dots`] in plain loops (sums in the same order).
+#[allow(clippy::too_many_arguments)]
+pub fn query_key_dots(
+    xs: &[f32],
+    n: usize,
+    d: usize,
+    kt: &[f32],
+    stride: usize,
+    widths: &[usize],
+    out: &mut [f32],
+    ld: usize,
+) {
+    for q in 0..n {
+        let x = &xs[q * d..(q + 1) * d];
+        for t in 0..widths[q / super::PRODUCT_QUERIES].next_multiple_of(super::PRODUCT_TILE) {
+            out[q * ld + t] = x
+                .iter()
+                .enumerate()
+                .fold(0.0, |sum, (i, &xi)| sum + xi * kt[i * stride + t]);
+        }
+    }
+}
+
+/// [`super::weighted_rows`] in plain loops.
+pub fn weighted_rows(
+    p: &[f32],
+    ld: usize,
+    n: usize,
+    widths: &[usize],
+    v: &[f32],
+    d: usize,
+    out: &mut [f32],
+) {
+    for q in 0..n {
+        let o = &mut out[q * d..(q + 1) * d];
+        o.fill(0.0);
+        for t in 0..widths[q / super::PRODUCT_QUERIES] {
+            let w = p[q * ld + t];
+            for (o, &x) in o.iter_mut().zip(&v[t * d..(t + 1) * d]) {
+                *o += w * x;
+            }
+        }
+    }
+}
