@@ -1391,6 +1391,61 @@ fn simd_value_accumulation_matches_scalar() {
     }
 }
 
+/// The prefill products (score tiles over transposed keys; weights times value rows) against the
+/// plain loops, for query counts that leave a partial block, causal widths that are not whole
+/// tiles, and head sizes that leave columns to the scalar tail; entries past each block's
+/// rounded width stay untouched.
+#[test]
+fn prefill_products_match_plain_loops() {
+    use lookat_op::kernels::simd::{self, PRODUCT_QUERIES, PRODUCT_TILE};
+    let mut rng = Rng(211);
+    for (n, d, t_n) in [
+        (64usize, 64usize, 300usize),
+        (7, 64, 33),
+        (13, 24, 97),
+        (4, 8, 32),
+        (1, 64, 5),
+    ] {
+        let blocks = n.div_ceil(PRODUCT_QUERIES);
+        let widths: Vec<usize> = (0..blocks)
+            .map(|b| (t_n * (b + 1) / blocks).clamp(1, t_n))
+            .collect();
+        let stride = t_n.next_multiple_of(PRODUCT_TILE) + 16;
+        let ld = stride;
+        let xs = rng.vec(n * d, 1.0);
+        let kt = rng.vec(d * stride, 1.0);
+        let sentinel = 12345.0f32;
+        let (mut got, mut want) = (vec![sentinel; n * ld], vec![sentinel; n * ld]);
+        simd::query_key_dots(&xs, n, d, &kt, stride, &widths, &mut got, ld);
+        simd::scalar::query_key_dots(&xs, n, d, &kt, stride, &widths, &mut want, ld);
+        for q in 0..n {
+            let rounded = widths[q / PRODUCT_QUERIES].next_multiple_of(PRODUCT_TILE);
+            for t in 0..ld {
+                let (g, w) = (got[q * ld + t], want[q * ld + t]);
+                if t >= rounded {
+                    assert_eq!(g, sentinel, "n={n} d={d} query {q} column {t} written");
+                } else {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                        "scores n={n} d={d} q={q} t={t}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+        let p: Vec<f32> = rng.vec(n * ld, 1.0).iter().map(|x| x.abs()).collect();
+        let v = rng.vec(t_n * d, 1.0);
+        let (mut got, mut want) = (vec![0.0; n * d], vec![0.0; n * d]);
+        simd::weighted_rows(&p, ld, n, &widths, &v, d, &mut got);
+        simd::scalar::weighted_rows(&p, ld, n, &widths, &v, d, &mut want);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "outputs n={n} d={d} [{i}]: {g} vs {w}"
+            );
+        }
+    }
+}
+
 /// The SIMD `exp` (and its sum) and `max` against the scalar ones (libm), over the range softmax
 /// uses, `-inf` and NaN included.
 #[test]
