@@ -91,6 +91,21 @@ impl ValueElem for f16 {
     }
 }
 
+/// `x.round().clamp(-127.0, 127.0) as i8` (halves away from zero; NaN to 0) without a libm call:
+/// the truncation and the remainder `x − trunc(x)` are exact for |x| < 2³¹, and a remainder of
+/// at least one half rounds away from zero.
+#[inline(always)]
+fn round_to_i8(x: f32) -> i8 {
+    let t = (x as i32) as f32;
+    let rounded = if (x - t).abs() >= 0.5 {
+        t + 1.0f32.copysign(x)
+    } else {
+        t
+    };
+    // NaN: `x as i32` is 0 and the remainder NaN, so 0 — as `NaN as i8`.
+    rounded.clamp(-127.0, 127.0) as i8
+}
+
 /// The scale stored at the end of an int8 row.
 #[inline(always)]
 pub fn int8_row_scale(row: &[i8]) -> f32 {
@@ -115,17 +130,17 @@ impl ValueElem for i8 {
     /// a float cache would carry it).
     fn store_row(src: &[f32], dst: &mut [Self]) {
         let d = src.len();
-        let amax = src.iter().fold(0.0f32, |m, &x| {
-            if x.is_finite() {
-                m.max(x.abs())
-            } else {
-                f32::NAN
-            }
-        });
+        // Written to vectorize (no libm `roundf` call per value, which cost a third of a
+        // prefill): the same results as `x.round().clamp(-127, 127)`.
+        let amax = if src.iter().all(|x| x.is_finite()) {
+            src.iter().fold(0.0f32, |m, &x| m.max(x.abs()))
+        } else {
+            f32::NAN
+        };
         let scale = amax / 127.0;
         let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
         for (q, &x) in dst[..d].iter_mut().zip(src) {
-            *q = Self::from_f32(x * inv);
+            *q = round_to_i8(x * inv);
         }
         for (q, b) in dst[d..d + 4].iter_mut().zip(scale.to_le_bytes()) {
             *q = b as i8;
@@ -146,5 +161,34 @@ impl ValueElem for i8 {
         _stream: bool,
     ) {
         super::simd::accumulate_rows_int8(acc, weights, rows, copy_to)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_to_i8;
+
+    /// The libm-free rounding against `round()` (halves away from zero) then clamp: halves, the
+    /// floats just below and above them, the clamp, zeros, NaN and infinities.
+    #[test]
+    fn int8_rounding_matches_round_then_clamp() {
+        let mut xs = vec![
+            0.0f32,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e30,
+            -1e30,
+        ];
+        for k in -300..=300 {
+            let half = k as f32 * 0.5;
+            xs.extend([half, half.next_down(), half.next_up()]);
+        }
+        xs.extend((0..10_000).map(|i| (i as f32 * 0.0271).sin() * 130.0));
+        for x in xs {
+            let want = x.round().clamp(-127.0, 127.0) as i8;
+            assert_eq!(round_to_i8(x), want, "x = {x:e}");
+        }
     }
 }
