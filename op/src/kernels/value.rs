@@ -91,19 +91,54 @@ impl ValueElem for f16 {
     }
 }
 
+/// Stores D floats as one int8 row (see [`ValueElem::store_row`] for i8); compiled by the SIMD
+/// entry points with their target features, where the compiler vectorizes it.
+#[inline(always)]
+pub(crate) fn quantize_int8_row(src: &[f32], dst: &mut [i8]) {
+    let d = src.len();
+    // Written to vectorize (no libm `roundf` call per value, which cost a third of a
+    // prefill): the same results as `x.round().clamp(-127, 127)`.
+    // |x| as bits: ordered as the magnitudes, and at least those of +inf for a non-finite
+    // x, so one integer maximum (vectorized) gives the absmax and the finiteness check.
+    let max_bits = src
+        .iter()
+        .fold(0u32, |m, &x| m.max(x.to_bits() & 0x7fff_ffff));
+    let amax = if max_bits < f32::INFINITY.to_bits() {
+        f32::from_bits(max_bits)
+    } else {
+        f32::NAN
+    };
+    let scale = amax / 127.0;
+    let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+    for (q, &x) in dst[..d].iter_mut().zip(src) {
+        *q = round_to_i8(x * inv);
+    }
+    for (q, b) in dst[d..d + 4].iter_mut().zip(scale.to_le_bytes()) {
+        *q = b as i8;
+    }
+}
+
 /// `x.round().clamp(-127.0, 127.0) as i8` (halves away from zero; NaN to 0) without a libm call:
 /// the truncation and the remainder `x − trunc(x)` are exact for |x| < 2³¹, and a remainder of
 /// at least one half rounds away from zero.
 #[inline(always)]
 fn round_to_i8(x: f32) -> i8 {
-    let t = (x as i32) as f32;
+    // NaN to 0, anything else within ±128 (which rounds and clamps as before): the casts below
+    // are then in range, and unchecked casts vectorize where saturating ones do not.
+    let x = if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(-128.0, 128.0)
+    };
+    // SAFETY: x is finite and |x| <= 128.
+    let t = unsafe { x.to_int_unchecked::<i32>() } as f32;
     let rounded = if (x - t).abs() >= 0.5 {
         t + 1.0f32.copysign(x)
     } else {
         t
     };
-    // NaN: `x as i32` is 0 and the remainder NaN, so 0 — as `NaN as i8`.
-    rounded.clamp(-127.0, 127.0) as i8
+    // SAFETY: the clamped value is an integer in [-127, 127].
+    unsafe { rounded.clamp(-127.0, 127.0).to_int_unchecked::<i32>() as i8 }
 }
 
 /// The scale stored at the end of an int8 row.
@@ -129,22 +164,7 @@ impl ValueElem for i8 {
     /// has scale 0. A non-finite value makes the scale non-finite (the row reads back as NaN, as
     /// a float cache would carry it).
     fn store_row(src: &[f32], dst: &mut [Self]) {
-        let d = src.len();
-        // Written to vectorize (no libm `roundf` call per value, which cost a third of a
-        // prefill): the same results as `x.round().clamp(-127, 127)`.
-        let amax = if src.iter().all(|x| x.is_finite()) {
-            src.iter().fold(0.0f32, |m, &x| m.max(x.abs()))
-        } else {
-            f32::NAN
-        };
-        let scale = amax / 127.0;
-        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-        for (q, &x) in dst[..d].iter_mut().zip(src) {
-            *q = round_to_i8(x * inv);
-        }
-        for (q, b) in dst[d..d + 4].iter_mut().zip(scale.to_le_bytes()) {
-            *q = b as i8;
-        }
+        super::simd::quantize_int8_row(src, dst)
     }
     fn load_row(row: &[Self], out: &mut [f32]) {
         let scale = int8_row_scale(row);

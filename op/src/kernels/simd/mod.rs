@@ -184,6 +184,13 @@ macro_rules! entry_points {
         /// # Safety
         /// As above.
         #[target_feature(enable = $features)]
+        pub unsafe fn quantize_int8_row(src: &[f32], dst: &mut [i8]) {
+            $crate::kernels::value::quantize_int8_row(src, dst)
+        }
+
+        /// # Safety
+        /// As above.
+        #[target_feature(enable = $features)]
         pub unsafe fn build_luts<'a>(
             book: &$crate::kernels::codebook::PreparedCodebook,
             n: usize,
@@ -331,6 +338,13 @@ pub fn weighted_rows(
 }
 
 pub use lanes::{PRODUCT_QUERIES, PRODUCT_TILE};
+
+/// One int8 value row from D floats (absmax scale; see `ValueElem::store_row`), compiled with
+/// the SIMD level's features.
+#[inline]
+pub fn quantize_int8_row(src: &[f32], dst: &mut [i8]) {
+    dispatch!(quantize_int8_row(src, dst) else super::value::quantize_int8_row(src, dst))
+}
 
 /// `acc *= c`.
 #[inline]
