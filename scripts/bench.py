@@ -199,6 +199,26 @@ def largest_cache_bytes(caches):
     return max(sizes, default=32 << 20)
 
 
+def lookat_simd():
+    """The SIMD level the op's kernels choose on this CPU, by the rule of `simd::level()`
+    (op/src/kernels/simd/mod.rs): AVX-512 F/BW/VL, else AVX2+FMA+F16C, else scalar (x86_64)."""
+    flags = set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    if os.environ.get("LOOKAT_FORCE_SCALAR"):
+        return "scalar"
+    if {"avx2", "fma", "f16c"} <= flags:
+        if {"avx512f", "avx512bw", "avx512vl"} <= flags and os.environ.get("LOOKAT_MAX_SIMD") != "avx2":
+            return "avx512f+bw+vl"
+        return "avx2+fma+f16c"
+    return "neon" if platform.machine() in ("aarch64", "arm64") else "scalar"
+
+
 def cpu_name():
     try:
         for line in open("/proc/cpuinfo"):
@@ -342,7 +362,7 @@ def main(argv=None):
     caches = cache_sizes()
     l3 = largest_cache_bytes(caches)
     ring = 2 * l3
-    machine = dict(cpu=cpu_name(), cores=os.cpu_count(), caches=caches, l3_bytes=l3,
+    machine = dict(cpu=cpu_name(), cores=os.cpu_count(), caches=caches, l3_bytes=l3, lookat_simd=lookat_simd(),
                    copy_bandwidth_gbs=bw, ring_bytes=ring, onnxruntime=ort.__version__, threads=args.threads)
     print(f"onnxruntime {ort.__version__}, threads {args.threads}, {machine['cpu']}, caches {machine['caches']}; "
           f"copy bandwidth {bw:.1f} GB/s (read+write); inputs rotate over > {ring >> 20} MiB (2x L3)")
