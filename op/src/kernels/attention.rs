@@ -286,6 +286,10 @@ pub fn lookat_attention<V: ValueElem>(
         window: opts.window,
         windowed: opts.windowed(),
         stream: present_bytes >= STREAM_MIN_BYTES,
+        restrictive_mask: inp
+            .attention_mask
+            .map(|mk| mk.chunks(t_n.max(1)).map(|row| row.contains(&0)).collect())
+            .unwrap_or_default(),
         output: DisjointWriter(out.output.as_mut_ptr()),
         codes_out: DisjointWriter(out.present_key_codes.as_mut_ptr()),
         values_out: DisjointWriter(out.present_value.as_mut_ptr()),
@@ -393,6 +397,9 @@ struct Call<'a, V: ValueElem> {
     window: usize,
     windowed: bool,
     stream: bool,
+    /// Per batch row: whether its mask disallows any token (an all-allowing row changes nothing,
+    /// so its per-score checks are skipped).
+    restrictive_mask: Vec<bool>,
     output: DisjointWriter<f32>,
     codes_out: DisjointWriter<u8>,
     values_out: DisjointWriter<V>,
@@ -407,6 +414,17 @@ impl<V: ValueElem> Call<'_, V> {
     /// Elements of one value cache row: D, and the row's scale for int8 rows.
     fn value_row(&self) -> usize {
         self.g.head_dim + V::ROW_EXTRA
+    }
+
+    /// The mask row of task `bh`'s batch row, or None when there is no mask or it allows every
+    /// token.
+    fn mask(&self, bh: usize) -> Option<&[i64]> {
+        let (b, t_n) = (self.task(bh).0, self.g.total_tokens());
+        let restrictive = self.restrictive_mask.get(b).copied().unwrap_or(false);
+        self.inp
+            .attention_mask
+            .filter(|_| restrictive)
+            .map(|mk| &mk[b * t_n..][..t_n])
     }
 
     /// (batch row, kv head) of task `bh`.
@@ -647,13 +665,13 @@ impl<V: ValueElem> Call<'_, V> {
     /// queries as one product, exact scores (window, `exact_current`) and the mask applied per
     /// query, softmax, and the outputs as a second product. Scores equal the table path's up to
     /// float summation order: a table entry is `scale·q_j·c_j` and a dequantized key holds the
-    /// same centroids. Returns false, having only copied the past,
-    /// when a value is not finite: the table path then runs, which skips zero-weight rows. The
-    /// new tokens are already written (by the caller).
+    /// same centroids. Returns false, having only copied the past, when a value is not finite:
+    /// the table path then runs, which skips zero-weight rows. The new tokens are already written
+    /// (by the caller).
     fn run_head_gemm(&self, bh: usize) -> bool {
         let g = &self.g;
         let (p_n, t_n, m, d) = (g.past_tokens, g.total_tokens(), g.subspaces, g.head_dim);
-        let (b, kv) = self.task(bh);
+        let kv = self.task(bh).1;
         let row = self.value_row();
         // SAFETY: task bh alone owns the [b, kv head] block of the present tensors.
         let (codes, values) = unsafe { self.present(bh, 0..t_n) };
@@ -661,12 +679,7 @@ impl<V: ValueElem> Call<'_, V> {
             codes[..p_n * m].copy_from_slice(self.past_codes(bh));
             values[..p_n * row].copy_from_slice(self.past_values(bh));
         }
-        // A mask that allows every token changes nothing: skip its T²/2 checks.
-        let mask = self
-            .inp
-            .attention_mask
-            .map(|mk| &mk[b * t_n..][..t_n])
-            .filter(|mk| mk.contains(&0));
+        let mask = self.mask(bh);
         let mut vals = vec![0.0f32; t_n * d];
         for (t, out) in vals.chunks_exact_mut(d).enumerate() {
             if mask.is_none_or(|mk| mk[t] != 0) {
@@ -801,13 +814,7 @@ impl<V: ValueElem> Call<'_, V> {
         copy_past: bool,
     ) {
         let g = &self.g;
-        let (p_n, t_n, m, k, d) = (
-            g.past_tokens,
-            g.total_tokens(),
-            g.subspaces,
-            g.centroids,
-            g.head_dim,
-        );
+        let (p_n, m, k, d) = (g.past_tokens, g.subspaces, g.centroids, g.head_dim);
         let base = tokens.start;
         let row = self.value_row();
         // With `past_in_present` every row is read from the present block (nothing to copy).
@@ -818,10 +825,7 @@ impl<V: ValueElem> Call<'_, V> {
         } else {
             (&[], &[])
         };
-        let mask = self
-            .inp
-            .attention_mask
-            .map(|mk| &mk[self.task(bh).0 * t_n..][..t_n]);
+        let mask = self.mask(bh);
         let block_len = if queries.len() > 1 {
             SHARED_TOKEN_BLOCK
         } else {

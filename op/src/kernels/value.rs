@@ -96,10 +96,8 @@ impl ValueElem for f16 {
 #[inline(always)]
 pub(crate) fn quantize_int8_row(src: &[f32], dst: &mut [i8]) {
     let d = src.len();
-    // Written to vectorize (no libm `roundf` call per value, which cost a third of a
-    // prefill): the same results as `x.round().clamp(-127, 127)`.
-    // |x| as bits: ordered as the magnitudes, and at least those of +inf for a non-finite
-    // x, so one integer maximum (vectorized) gives the absmax and the finiteness check.
+    // |x| as bits: ordered as the magnitudes, and at least those of +inf for a non-finite x,
+    // so one integer maximum (vectorized) gives the absmax and the finiteness check.
     let max_bits = src
         .iter()
         .fold(0u32, |m, &x| m.max(x.to_bits() & 0x7fff_ffff));

@@ -405,45 +405,8 @@ unsafe fn nearest<L: Lanes, const N: usize, const V: usize>(
     }
 }
 
-/// The nearest centroids of four sub-vectors (pairs on 16-register machines); see [`nearest`].
-///
-/// # Safety
-/// `L`'s features are enabled.
-#[inline(always)]
-pub unsafe fn nearest_four<L: Lanes>(
-    xs: [&[f32]; 4],
-    rows: &[f32],
-    norms: &[f32],
-    k: usize,
-) -> Option<[usize; 4]> {
-    // SAFETY: the caller enabled L's features.
-    unsafe {
-        if L::ENCODE_PAIRS {
-            let [a, b] = nearest::<L, 2, 4>([xs[0], xs[1]], rows, norms, k)?;
-            let [c, d] = nearest::<L, 2, 4>([xs[2], xs[3]], rows, norms, k)?;
-            Some([a, b, c, d])
-        } else {
-            nearest::<L, 4, 2>(xs, rows, norms, k)
-        }
-    }
-}
-
-/// The nearest centroid of one sub-vector; see [`nearest`].
-///
-/// # Safety
-/// `L`'s features are enabled.
-#[inline(always)]
-pub unsafe fn nearest_one<L: Lanes>(
-    x: &[f32],
-    rows: &[f32],
-    norms: &[f32],
-    k: usize,
-) -> Option<usize> {
-    // SAFETY: the caller enabled L's features.
-    unsafe { nearest::<L, 1, 4>([x], rows, norms, k).map(|[c]| c) }
-}
-
-/// [`Nearest`] in `L`'s registers.
+/// [`Nearest`] in `L`'s registers: four sub-vectors at once (in pairs on 16-register machines),
+/// or one; see [`nearest`].
 pub(crate) struct LaneNearest<L>(PhantomData<L>);
 
 // SAFETY: only `L`'s intrinsics, reached from entry points compiled with its features.
@@ -456,18 +419,43 @@ unsafe impl<L: Lanes> Nearest for LaneNearest<L> {
         k: usize,
     ) -> Option<[usize; GROUP]> {
         // SAFETY: the caller enabled L's features.
-        unsafe { nearest_four::<L>(xs, rows, norms, k) }
+        unsafe {
+            if L::ENCODE_PAIRS {
+                let [a, b] = nearest::<L, 2, 4>([xs[0], xs[1]], rows, norms, k)?;
+                let [c, d] = nearest::<L, 2, 4>([xs[2], xs[3]], rows, norms, k)?;
+                Some([a, b, c, d])
+            } else {
+                nearest::<L, 4, 2>(xs, rows, norms, k)
+            }
+        }
     }
     #[inline(always)]
     unsafe fn one(x: &[f32], rows: &[f32], norms: &[f32], k: usize) -> Option<usize> {
         // SAFETY: as above.
-        unsafe { nearest_one::<L>(x, rows, norms, k) }
+        unsafe { nearest::<L, 1, 4>([x], rows, norms, k).map(|[c]| c) }
     }
 }
 
 /// Queries handled together by the prefill products: each loaded vector of keys (or of a value
 /// row) serves four of them, their sums in 4 × 2 registers.
 pub const PRODUCT_QUERIES: usize = 4;
+/// Block `block` of the product kernels' rows (each `len` floats, `stride` apart): its first row,
+/// how many rows it has (the last block may have fewer), and a row per register slot — slots
+/// past the block repeat its last row and are computed but not stored.
+#[inline(always)]
+fn row_block(
+    data: &[f32],
+    n: usize,
+    stride: usize,
+    len: usize,
+    block: usize,
+) -> (usize, usize, [&[f32]; PRODUCT_QUERIES]) {
+    let q0 = block * PRODUCT_QUERIES;
+    let rows = (n - q0).min(PRODUCT_QUERIES);
+    let slots = std::array::from_fn(|g| &data[(q0 + g.min(rows - 1)) * stride..][..len]);
+    (q0, rows, slots)
+}
+
 /// Key columns [`query_key_dots`] computes per step on every architecture's widest registers,
 /// and the multiple its row widths are rounded up to.
 pub const PRODUCT_TILE: usize = 32;
@@ -523,9 +511,7 @@ pub unsafe fn query_key_dots<L: Lanes>(
             if t0 >= rounded(width) {
                 continue; // causal: this block's queries do not see these keys
             }
-            let q0 = block * Q;
-            let rows = (n - q0).min(Q);
-            let x: [&[f32]; Q] = std::array::from_fn(|g| &xs[(q0 + g.min(rows - 1)) * d..][..d]);
+            let (q0, rows, x) = row_block(xs, n, d, d, block);
             // SAFETY: L's features are on; loads read kt[i·stride + t0 .. + tile] (i < d,
             // t0 + tile <= rounded width <= stride) and x[g][i] (i < d); stores write
             // out[(q0 + g)·ld + t0 .. + tile] for g < rows, inside out (checked above). Rows
@@ -578,9 +564,7 @@ pub unsafe fn weighted_rows<L: Lanes>(
     assert!(widths.iter().all(|&w| v.len() >= w * d), "value rows");
     let strip = 2 * L::N;
     for (block, &width) in widths.iter().enumerate().take(n.div_ceil(Q)) {
-        let q0 = block * Q;
-        let rows = (n - q0).min(Q);
-        let w: [&[f32]; Q] = std::array::from_fn(|g| &p[(q0 + g.min(rows - 1)) * ld..][..width]);
+        let (q0, rows, w) = row_block(p, n, ld, width, block);
         let mut c0 = 0;
         // SAFETY: L's features are on; loads read v[t·d + c0 .. + strip] (t < width,
         // c0 + strip <= d) and w[g][t]; stores write out[(q0 + g)·d + c0 .. + strip], g < rows.
