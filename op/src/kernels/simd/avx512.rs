@@ -1,7 +1,6 @@
 //! AVX-512 (F, BW, VL, with FMA and F16C): sixteen lanes per register, so a 64-column value row is
 //! four registers and one load widens sixteen int8 or float16 values. Same algorithms as
-//! [`super::x86`]; chosen over it when the CPU has these features (a measured 1.9x on the int8
-//! row accumulation on AMD EPYC, Zen 4).
+//! [`super::x86`]; chosen over it when the CPU has these features.
 
 use std::arch::x86_64::*;
 
