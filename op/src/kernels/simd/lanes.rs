@@ -135,9 +135,9 @@ pub unsafe fn max<L: Lanes>(x: &[f32]) -> f32 {
     }
 }
 
-/// How far ahead of the row being accumulated the value scan asks for cache lines: the hardware
-/// prefetcher alone left a decode step over a cache in DRAM about a third slower (measured on the
-/// 2-core AMD EPYC VM, docs/BENCHMARKS.md's machine: 2, 4 and 8 KiB tried, 8 best).
+/// How far ahead of the row being accumulated the value scan asks for cache lines: with the
+/// hardware prefetcher alone a decode step over a cache in DRAM was slower (same-process A/B on
+/// docs/BENCHMARKS.md's machine; 2, 4 and 8 KiB tried, 8 best).
 const PREFETCH_AHEAD: usize = 8192;
 
 /// One column strip of `W` vectors over all rows, the accumulator in `W` registers. With
