@@ -146,14 +146,16 @@ fn main() {
         for h in 0..H {
             let rows = h * t * D..(h + 1) * t * D;
             let dst = Some(&mut present32[rows.clone()]);
-            simd::accumulate_rows_f32(&mut acc, &weights[h * t..][..t], &values32[rows], dst, true);
+            let w = &weights[h * t..][..t];
+            simd::accumulate_rows_f32(&mut [&mut acc], &[w], &values32[rows], dst, true);
         }
     });
     let acc16_ms = best_ms(30, || {
         for h in 0..H {
             let rows = h * t * D..(h + 1) * t * D;
             let dst = Some(&mut present16[rows.clone()]);
-            simd::accumulate_rows_f16(&mut acc, &weights[h * t..][..t], &values16[rows], dst, true);
+            let w = &weights[h * t..][..t];
+            simd::accumulate_rows_f16(&mut [&mut acc], &[w], &values16[rows], dst, true);
         }
     });
     let dec32 = call::<f32>(t, 1, m, &books, &raw);

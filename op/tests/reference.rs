@@ -1325,8 +1325,14 @@ fn simd_value_accumulation_matches_scalar() {
             for offset in [0, 1] {
                 let (mut a, mut b) = (start.clone(), start.clone());
                 let mut copy = vec![0.0f32; n * d + offset];
-                simd::accumulate_rows_f32(&mut a, &probs, &rows, Some(&mut copy[offset..]), stream);
-                simd::scalar::accumulate_rows_f32(&mut b, &probs, &rows, None);
+                simd::accumulate_rows_f32(
+                    &mut [&mut a],
+                    &[&probs],
+                    &rows,
+                    Some(&mut copy[offset..]),
+                    stream,
+                );
+                simd::scalar::accumulate_rows_f32(&mut [&mut b], &[&probs], &rows, None);
                 close(&a, &b, "f32");
                 assert!(copy[offset..]
                     .iter()
@@ -1335,13 +1341,13 @@ fn simd_value_accumulation_matches_scalar() {
                 let (mut a, mut b) = (start.clone(), start.clone());
                 let mut copy16 = vec![f16::ZERO; n * d + offset];
                 simd::accumulate_rows_f16(
-                    &mut a,
-                    &probs,
+                    &mut [&mut a],
+                    &[&probs],
                     &rows16,
                     Some(&mut copy16[offset..]),
                     stream,
                 );
-                simd::scalar::accumulate_rows_f16(&mut b, &probs, &rows16, None);
+                simd::scalar::accumulate_rows_f16(&mut [&mut b], &[&probs], &rows16, None);
                 close(&a, &b, "f16");
                 assert!(copy16[offset..]
                     .iter()
@@ -1350,8 +1356,8 @@ fn simd_value_accumulation_matches_scalar() {
             }
         }
         let (mut a, mut b) = (start.clone(), start.clone());
-        simd::accumulate_rows_f32(&mut a, &probs, &rows, None, false);
-        simd::scalar::accumulate_rows_f32(&mut b, &probs, &rows, None);
+        simd::accumulate_rows_f32(&mut [&mut a], &[&probs], &rows, None, false);
+        simd::scalar::accumulate_rows_f32(&mut [&mut b], &[&probs], &rows, None);
         close(&a, &b, "f32 without copy");
 
         // Int8 rows (D values, then the row's float32 scale as four bytes) against an f64 sum
@@ -1374,7 +1380,7 @@ fn simd_value_accumulation_matches_scalar() {
         }
         let mut a = start.clone();
         let mut copy8 = vec![0i8; n * stride];
-        simd::accumulate_rows_int8(&mut a, &probs, &rows8, Some(&mut copy8));
+        simd::accumulate_rows_int8(&mut [&mut a], &[&probs], &rows8, Some(&mut copy8));
         assert_eq!(copy8, rows8, "int8 copy d={d}");
         for c in 0..d {
             let want = start[c] as f64
@@ -1387,6 +1393,106 @@ fn simd_value_accumulation_matches_scalar() {
                 "int8 d={d} n={n} column {c}: {} vs {want}",
                 a[c]
             );
+        }
+    }
+}
+
+/// Grouped accumulation (1 to GROUP_MAX queries over the same rows, each row read once) against
+/// an f64 sum per query written here, for every value type: widths that leave column tails and
+/// split the group's strips, weights of exactly 0 for some queries only (their row is skipped
+/// for them, counted for the others), a NaN row that every query skips, and the copy (exact,
+/// whichever query's weights are 0).
+#[test]
+fn grouped_value_accumulation_matches_per_query_sums() {
+    use lookat_op::kernels::simd::{self, GROUP_MAX};
+    let mut rng = Rng(78);
+    for d in (1..=67).chain([96, 128, 200]) {
+        for q_n in 1..=GROUP_MAX {
+            let n = 1 + (d + q_n) % 9;
+            let rows: Vec<f32> = rng.vec(n * d, 3.0);
+            let mut probs: Vec<Vec<f32>> = (0..q_n)
+                .map(|_| (0..n).map(|_| rng.uniform().abs()).collect())
+                .collect();
+            let mut rows = rows;
+            if n > 2 {
+                // Row 1: NaN, weight 0 for every query. Row 0: weight 0 for query 0 only.
+                rows[d..2 * d].fill(f32::NAN);
+                for p in probs.iter_mut() {
+                    p[1] = 0.0;
+                }
+                probs[0][0] = 0.0;
+            }
+            let starts: Vec<Vec<f32>> = (0..q_n).map(|_| rng.vec(d, 1.0)).collect();
+            let weights: Vec<&[f32]> = probs.iter().map(Vec::as_slice).collect();
+            let check = |got: &[Vec<f32>], value: &dyn Fn(usize, usize) -> f64, what: &str| {
+                for q in 0..q_n {
+                    for c in 0..d {
+                        let want = starts[q][c] as f64
+                            + (0..n)
+                                .filter(|&t| probs[q][t] != 0.0)
+                                .map(|t| probs[q][t] as f64 * value(t, c))
+                                .sum::<f64>();
+                        let x = got[q][c] as f64;
+                        assert!(
+                            (x - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{what} d={d} queries={q_n} n={n} query {q} column {c}: {x} vs {want}"
+                        );
+                    }
+                }
+            };
+            let run = |f: &mut dyn FnMut(&mut [&mut [f32]])| {
+                let mut accs = starts.clone();
+                let mut refs: Vec<&mut [f32]> = accs.iter_mut().map(Vec::as_mut_slice).collect();
+                f(&mut refs);
+                accs
+            };
+
+            let mut copy = vec![0.0f32; n * d];
+            let got = run(&mut |acc| {
+                simd::accumulate_rows_f32(acc, &weights, &rows, Some(&mut copy), false)
+            });
+            check(&got, &|t, c| rows[t * d + c] as f64, "f32");
+            assert!(copy
+                .iter()
+                .zip(&rows)
+                .all(|(x, y)| x.to_bits() == y.to_bits()));
+
+            let rows16: Vec<f16> = rows.iter().map(|&x| f16::from_f32(x)).collect();
+            let mut copy16 = vec![f16::ZERO; n * d];
+            let got = run(&mut |acc| {
+                simd::accumulate_rows_f16(acc, &weights, &rows16, Some(&mut copy16), true)
+            });
+            check(&got, &|t, c| rows16[t * d + c].to_f64(), "f16");
+            assert!(copy16
+                .iter()
+                .zip(&rows16)
+                .all(|(x, y)| x.to_bits() == y.to_bits()));
+
+            let stride = d + 4;
+            let mut rows8 = vec![0i8; n * stride];
+            let mut scales = vec![0.0f32; n];
+            for t in 0..n {
+                for c in 0..d {
+                    rows8[t * stride + c] = (rng.below(255) as i32 - 127) as i8;
+                }
+                scales[t] = if n > 2 && t == 1 {
+                    f32::NAN
+                } else {
+                    rng.uniform().abs() * 0.05
+                };
+                for (i, byte) in scales[t].to_le_bytes().into_iter().enumerate() {
+                    rows8[t * stride + d + i] = byte as i8;
+                }
+            }
+            let mut copy8 = vec![0i8; n * stride];
+            let got =
+                run(&mut |acc| simd::accumulate_rows_int8(acc, &weights, &rows8, Some(&mut copy8)));
+            check(
+                &got,
+                &|t, c| scales[t] as f64 * rows8[t * stride + c] as f64,
+                "int8",
+            );
+            assert_eq!(copy8, rows8, "int8 copy d={d}");
         }
     }
 }

@@ -14,17 +14,17 @@ use std::ops::Range;
 use lookat_contract::window;
 
 use super::geometry::invalid;
-use super::simd::{PRODUCT_QUERIES, PRODUCT_TILE};
+use super::simd::{GROUP_MAX, PRODUCT_QUERIES, PRODUCT_TILE};
 use super::{
     adc_scores, Geometry, KeyTransforms, LookatError, OnlineSoftmax, ParallelFor,
     PreparedCodebooks, ValueElem,
 };
 
-/// Tokens scored per step when one query scans the cache: its scores and value rows stay in
-/// L1/L2, and per-block work (maximum, rescaling) is amortized.
+/// Tokens scored per step when one group of queries scans the cache: their scores and value
+/// rows stay in L1/L2, and per-block work (maximum, rescaling) is amortized.
 const TOKEN_BLOCK: usize = 256;
-/// Tokens per step when several queries scan together (prefill): a block of value rows
-/// (16 KiB of float32 at D = 64) stays in L1 while every query of the chunk reads it.
+/// Tokens per step when several groups of queries scan together (prefill): a block of value
+/// rows (16 KiB of float32 at D = 64) stays in L1 while every group of the chunk reads it.
 const SHARED_TOKEN_BLOCK: usize = 64;
 /// Queries processed together (their tables and accumulators stay in cache while the cache
 /// streams by once): all of a decode step, a slice of a prefill.
@@ -796,10 +796,61 @@ impl<V: ValueElem> Call<'_, V> {
         true
     }
 
+    /// The scores of query `i` of task `bh` for the tokens `start..start + block.len()`
+    /// (`codes` theirs): table lookups, exact scores where asked (this call's keys, the sinks
+    /// and the query's window), `-inf` where the mask disallows.
+    #[allow(clippy::too_many_arguments)]
+    fn score_block(
+        &self,
+        bh: usize,
+        i: usize,
+        table: &[f32],
+        codes: &[u8],
+        start: usize,
+        block: &mut [f32],
+        exact_key: &mut [f32],
+    ) {
+        let g = &self.g;
+        let (p_n, m, k) = (g.past_tokens, g.subspaces, g.centroids);
+        let stop = start + block.len();
+        adc_scores(table, codes, k, m, block);
+        if self.exact_current {
+            let query = self.query(bh, i);
+            for t in start.max(p_n)..stop {
+                let key = self.new_kv(self.inp.key, bh, t - p_n);
+                block[t - start] =
+                    self.scale * query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>();
+            }
+        }
+        if self.windowed {
+            // Sinks, then the query's most recent tokens, scored from full-precision keys.
+            let p = p_n + self.query_of(bh, i).1;
+            let recent = (p + 1).saturating_sub(self.window).max(start);
+            let query = self.query(bh, i);
+            for t in (start..stop.min(self.sinks)).chain(recent.max(self.sinks.min(stop))..stop) {
+                debug_assert!(window::exact(t, p, self.sinks, self.window));
+                self.window_key(bh, t, exact_key);
+                block[t - start] = self.scale
+                    * query
+                        .iter()
+                        .zip(&*exact_key)
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>();
+            }
+        }
+        if let Some(mask) = self.mask(bh) {
+            for (score, &allowed) in block.iter_mut().zip(&mask[start..stop]) {
+                if allowed == 0 {
+                    *score = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+
     /// Scores cache rows `tokens` of task `bh`'s [b, kv head] block for `queries` (tables and
     /// states in the same order) and folds them into the states. `codes` / `values` are those
     /// rows of the present block; with `copy_past`, the past rows among them are copied there
-    /// first — the values by the first query's pass, which reads them anyway (a query of new
+    /// first — the values by the first group's pass, which reads them anyway (a query of new
     /// token `s` sees rows `..= P + s`, so query 0 sees every past row).
     #[allow(clippy::too_many_arguments)]
     fn scan(
@@ -825,13 +876,14 @@ impl<V: ValueElem> Call<'_, V> {
         } else {
             (&[], &[])
         };
-        let mask = self.mask(bh);
-        let block_len = if queries.len() > 1 {
+        // One group of queries (a decode step's G query heads) streams the rows once; more
+        // queries take shorter blocks, whose rows stay in L1 while every group reads them.
+        let block_len = if queries.len() > GROUP_MAX {
             SHARED_TOKEN_BLOCK
         } else {
             TOKEN_BLOCK
         };
-        let mut scores = vec![0.0f32; block_len];
+        let mut scores = vec![0.0f32; GROUP_MAX * block_len];
         let mut exact_key = vec![0.0f32; if self.windowed { d } else { 0 }];
         for start in tokens.clone().step_by(block_len) {
             let end = (start + block_len).min(tokens.end);
@@ -845,60 +897,43 @@ impl<V: ValueElem> Call<'_, V> {
                 codes[(start - base) * m..(past_end - base) * m]
                     .copy_from_slice(&past_codes[start * m..past_end * m]);
             }
-            for (n, ((i, table), state)) in queries
-                .clone()
-                .zip(tables.chunks_exact(m * k))
-                .zip(states.iter_mut())
-                .enumerate()
-            {
-                let copying = copy_past && n == 0 && start < past_end;
-                let s = self.query_of(bh, i).1;
-                let stop = end.min(p_n + s + 1);
+            // Queries with the same causal stop (the G query heads of one new token) are scored
+            // one by one, then summed over the block's value rows together: each row is read
+            // (and widened) once per group.
+            let stop_of = |i: usize| end.min(p_n + self.query_of(bh, i).1 + 1);
+            let mut first = 0;
+            while first < queries.len() {
+                let stop = stop_of(queries.start + first);
+                let mut len = 1;
+                while len < GROUP_MAX
+                    && first + len < queries.len()
+                    && stop_of(queries.start + first + len) == stop
+                {
+                    len += 1;
+                }
+                let group = first..first + len;
+                first += len;
                 if stop <= start {
-                    continue; // causal: no query of this chunk sees these rows (nor the past)
+                    continue; // causal: no query of this group sees these rows (nor the past)
                 }
-                let block = &mut scores[..stop - start];
-                adc_scores(
-                    table,
-                    &codes[(start - base) * m..(stop - base) * m],
-                    k,
-                    m,
-                    block,
-                );
-                if self.exact_current {
-                    let query = self.query(bh, i);
-                    for t in start.max(p_n)..stop {
-                        let key = self.new_kv(self.inp.key, bh, t - p_n);
-                        block[t - start] =
-                            self.scale * query.iter().zip(key).map(|(a, b)| a * b).sum::<f32>();
+                let copying = copy_past && group.start == 0 && start < past_end;
+                let mut any = false;
+                for (j, n) in group.clone().enumerate() {
+                    let i = queries.start + n;
+                    let block = &mut scores[j * block_len..][..stop - start];
+                    let codes = &codes[(start - base) * m..(stop - base) * m];
+                    let table = &tables[n * m * k..][..m * k];
+                    self.score_block(bh, i, table, codes, start, block, &mut exact_key);
+                    any |= states[n].absorb_scores(block);
+                }
+                let weights: [&[f32]; GROUP_MAX] = std::array::from_fn(|j| {
+                    if j < len {
+                        &scores[j * block_len..][..stop - start]
+                    } else {
+                        &[]
                     }
-                }
-                if self.windowed {
-                    // Sinks, then the query's most recent tokens, scored from full-precision keys.
-                    let p = p_n + s;
-                    let recent = (p + 1).saturating_sub(self.window).max(start);
-                    let query = self.query(bh, i);
-                    for t in
-                        (start..stop.min(self.sinks)).chain(recent.max(self.sinks.min(stop))..stop)
-                    {
-                        debug_assert!(window::exact(t, p, self.sinks, self.window));
-                        self.window_key(bh, t, &mut exact_key);
-                        block[t - start] = self.scale
-                            * query
-                                .iter()
-                                .zip(&exact_key)
-                                .map(|(a, b)| a * b)
-                                .sum::<f32>();
-                    }
-                }
-                if let Some(mask) = mask {
-                    for (score, &allowed) in block.iter_mut().zip(&mask[start..stop]) {
-                        if allowed == 0 {
-                            *score = f32::NEG_INFINITY;
-                        }
-                    }
-                }
-                let any = state.absorb_scores(block);
+                });
+                let states = &mut states[group];
                 let n_past = past_end - start;
                 if (any || copying) && n_past > 0 {
                     // Past rows come from the past input (the copy's source), new ones from the
@@ -906,11 +941,13 @@ impl<V: ValueElem> Call<'_, V> {
                     let dst =
                         copying.then(|| &mut values[(start - base) * row..(past_end - base) * row]);
                     let src = &past_values[start * row..past_end * row];
-                    state.accumulate(&mut block[..n_past], src, dst, self.stream);
+                    let w = weights.map(|w| &w[..w.len().min(n_past)]);
+                    OnlineSoftmax::accumulate_group(states, &w[..len], src, dst, self.stream);
                 }
                 if any && stop > past_end {
                     let rows = &values[(past_end - base) * row..(stop - base) * row];
-                    state.accumulate(&mut block[n_past..], rows, None, false);
+                    let w = weights.map(|w| &w[w.len().min(n_past)..]);
+                    OnlineSoftmax::accumulate_group(states, &w[..len], rows, None, false);
                 }
             }
         }

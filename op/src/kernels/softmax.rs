@@ -1,5 +1,6 @@
 //! Masked softmax fused with the probability-weighted sum of values.
 
+use super::simd::GROUP_MAX;
 use super::ValueElem;
 
 /// Softmax-weighted value sum in one pass over token blocks (no stored probabilities): a running
@@ -38,16 +39,21 @@ impl OnlineSoftmax {
         true
     }
 
-    /// Adds `Σ_t weights[t] · rows[t]` (weights from [`Self::absorb_scores`], overwritten for
-    /// scaled rows); with `copy_to`, copies the rows there in the same pass.
-    pub fn accumulate<V: ValueElem>(
-        &mut self,
-        weights: &mut [f32],
+    /// Adds `Σ_t weights[q][t] · rows[t]` to each state `q` of a group of at most
+    /// [`GROUP_MAX`] (weights from [`Self::absorb_scores`]), reading each row once for the whole
+    /// group; with `copy_to`, copies the rows there in the same pass.
+    pub fn accumulate_group<V: ValueElem>(
+        states: &mut [OnlineSoftmax],
+        weights: &[&[f32]],
         rows: &[V],
         copy_to: Option<&mut [V]>,
         stream: bool,
     ) {
-        V::accumulate_rows(&mut self.acc, weights, rows, copy_to, stream);
+        let n = states.len();
+        let mut each = states.iter_mut();
+        let mut acc: [&mut [f32]; GROUP_MAX] =
+            std::array::from_fn(|_| each.next().map_or(&mut [][..], |s| &mut s.acc[..]));
+        V::accumulate_rows(&mut acc[..n], weights, rows, copy_to, stream);
     }
 
     /// Folds in a state over other tokens of the same query.

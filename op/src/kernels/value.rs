@@ -26,11 +26,11 @@ pub trait ValueElem: Copy + Send + Sync + 'static {
             *o = x.to_f32();
         }
     }
-    /// `acc += Σ_t weights[t] · value(row t)`, optionally copying the rows; see
-    /// [`super::simd::accumulate_rows_f32`]. `weights` may be overwritten.
+    /// `acc[q] += Σ_t weights[q][t] · value(row t)` for a group of queries, optionally copying
+    /// the rows; see [`super::simd::accumulate_rows_f32`].
     fn accumulate_rows(
-        acc: &mut [f32],
-        weights: &mut [f32],
+        acc: &mut [&mut [f32]],
+        weights: &[&[f32]],
         rows: &[Self],
         copy_to: Option<&mut [Self]>,
         stream: bool,
@@ -50,8 +50,8 @@ impl ValueElem for f32 {
     }
     #[inline(always)]
     fn accumulate_rows(
-        acc: &mut [f32],
-        weights: &mut [f32],
+        acc: &mut [&mut [f32]],
+        weights: &[&[f32]],
         rows: &[Self],
         copy_to: Option<&mut [Self]>,
         stream: bool,
@@ -81,8 +81,8 @@ impl ValueElem for f16 {
     }
     #[inline(always)]
     fn accumulate_rows(
-        acc: &mut [f32],
-        weights: &mut [f32],
+        acc: &mut [&mut [f32]],
+        weights: &[&[f32]],
         rows: &[Self],
         copy_to: Option<&mut [Self]>,
         stream: bool,
@@ -172,8 +172,8 @@ impl ValueElem for i8 {
     }
     #[inline(always)]
     fn accumulate_rows(
-        acc: &mut [f32],
-        weights: &mut [f32],
+        acc: &mut [&mut [f32]],
+        weights: &[&[f32]],
         rows: &[Self],
         copy_to: Option<&mut [Self]>,
         _stream: bool,

@@ -21,7 +21,7 @@ pub struct Avx512;
 // SAFETY: every method is an AVX-512F intrinsic; callers run with those features.
 unsafe impl Lanes for Avx512 {
     const N: usize = 16;
-    const MAX_STRIP: usize = 8;
+    const MAX_STRIP: usize = 16;
     const ENCODE_PAIRS: bool = false;
     type F = __m512;
 

@@ -19,7 +19,8 @@ use crate::kernels::codebook::{Nearest, GROUP};
 /// from code compiled with those features on a CPU that has them.
 pub unsafe trait Lanes {
     const N: usize;
-    /// Vectors held in registers by the widest value-accumulation strip.
+    /// Accumulator registers of one value-accumulation strip, over all the queries it serves
+    /// (a strip for `Q` queries is at most `MAX_STRIP / Q` vectors wide).
     const MAX_STRIP: usize;
     /// Whether the encoder's register tile takes keys two at a time (16 registers: 8
     /// accumulators and each key's best distances and indices) rather than four.
@@ -140,19 +141,22 @@ pub unsafe fn max<L: Lanes>(x: &[f32]) -> f32 {
 /// docs/BENCHMARKS.md's machine; 2, 4 and 8 KiB tried, 8 best).
 const PREFETCH_AHEAD: usize = 8192;
 
-/// One column strip of `W` vectors over all rows, the accumulator in `W` registers. With
-/// `scale_at`, each nonzero weight is multiplied by the float32 (little-endian, unaligned) its
-/// row holds that many bytes after the strip start — the int8 rows' scale, read in the same pass
-/// as the values instead of in a pass of its own.
+/// One column strip of `W` vectors over all rows for `Q` queries at once, the accumulators in
+/// `Q·W` registers: each piece of a row is loaded (and widened) once and added to every query's
+/// sum. With `scale_at`, each nonzero weight is multiplied by the float32 (little-endian,
+/// unaligned) its row holds that many bytes after the strip start — the int8 rows' scale, read
+/// in the same pass as the values instead of in a pass of its own.
 ///
 /// # Safety
-/// `acc` holds `W·N` floats; `rows` (and `copy`, when not null) hold `probs.len()` rows of
-/// `stride` elements with at least `W·N` from the strip start (and 4 bytes at `scale_at`);
-/// `L`'s features are enabled.
+/// Each `acc[q]` holds `W·N` floats and each `probs[q]` `tokens` floats; `rows` (and `copy`,
+/// when not null) hold `tokens` rows of `stride` elements with at least `W·N` from the strip
+/// start (and 4 bytes at `scale_at`); `L`'s features are enabled.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn strip<L: Lanes, V: Row<L>, const W: usize>(
-    acc: *mut f32,
-    probs: &[f32],
+unsafe fn strip<L: Lanes, V: Row<L>, const W: usize, const Q: usize>(
+    acc: [*mut f32; Q],
+    probs: [*const f32; Q],
+    tokens: usize,
     rows: *const V,
     copy: *mut V,
     stride: usize,
@@ -161,15 +165,16 @@ unsafe fn strip<L: Lanes, V: Row<L>, const W: usize>(
 ) {
     // SAFETY: all pointer arithmetic stays inside the ranges the caller guarantees.
     unsafe {
-        let mut a: [L::F; W] = std::array::from_fn(|v| L::load(acc.add(L::N * v)));
+        let mut a: [[L::F; W]; Q] =
+            std::array::from_fn(|q| std::array::from_fn(|v| L::load(acc[q].add(L::N * v))));
         // About one prefetch per cache line of the stream: 1 per int8 row (68 bytes: the line
         // holding the next row's start covers the overhang), 2 per float16 row, 4 per float32
         // row (a line is asked for when more than half of it belongs to the row).
         let lines_end = (stride * std::mem::size_of::<V>()).saturating_sub(32);
-        // Each register-wide piece is loaded, copied and added before the next is loaded: W
+        // Each register-wide piece is loaded, copied and added before the next is loaded: the
         // accumulators plus a couple of temporaries fit the register file (holding a whole row
         // too would spill an accumulator to the stack on every row).
-        for (t, &p) in probs.iter().enumerate() {
+        for t in 0..tokens {
             let row = rows.add(t * stride);
             let ahead = row.cast::<u8>().wrapping_add(PREFETCH_AHEAD);
             super::prefetch_line(ahead);
@@ -178,67 +183,80 @@ unsafe fn strip<L: Lanes, V: Row<L>, const W: usize>(
                 super::prefetch_line(ahead.wrapping_add(line));
                 line += 64;
             }
-            let p = match scale_at {
-                Some(at) if p != 0.0 => {
-                    p * f32::from_bits(u32::from_le(
-                        row.cast::<u8>().add(at).cast::<u32>().read_unaligned(),
-                    ))
-                }
-                _ => p,
-            };
-            let pv = L::splat(p);
-            if copy.is_null() {
-                if p != 0.0 {
-                    for (v, av) in a.iter_mut().enumerate() {
-                        *av = L::mul_add(pv, V::load(row.add(L::N * v)).0, *av);
-                    }
-                }
+            let scale = scale_at.map(|at| {
+                f32::from_bits(u32::from_le(
+                    row.cast::<u8>().add(at).cast::<u32>().read_unaligned(),
+                ))
+            });
+            // A weight of exactly 0 adds nothing, whatever the row holds (a masked row, or its
+            // scale, may be NaN).
+            let p: [f32; Q] = std::array::from_fn(|q| match (*probs[q].add(t), scale) {
+                (p, Some(s)) if p != 0.0 => p * s,
+                (p, _) => p,
+            });
+            let all = p.iter().all(|&p| p != 0.0);
+            let any = all || p.iter().any(|&p| p != 0.0);
+            let pv: [L::F; Q] = std::array::from_fn(|q| L::splat(p[q]));
+            if copy.is_null() && !any {
+                continue;
+            }
+            let dst = if copy.is_null() {
+                copy
             } else {
-                let dst = copy.add(t * stride);
-                for (v, av) in a.iter_mut().enumerate() {
-                    let (x, raw) = V::load(row.add(L::N * v));
+                copy.add(t * stride)
+            };
+            for v in 0..W {
+                let (x, raw) = V::load(row.add(L::N * v));
+                if !dst.is_null() {
                     V::store(dst.add(L::N * v), raw, stream);
-                    if p != 0.0 {
-                        *av = L::mul_add(pv, x, *av);
+                }
+                for q in 0..Q {
+                    if all || p[q] != 0.0 {
+                        a[q][v] = L::mul_add(pv[q], x, a[q][v]);
                     }
                 }
             }
         }
-        for (v, &av) in a.iter().enumerate() {
-            L::store(acc.add(L::N * v), av);
+        for (q, aq) in a.iter().enumerate() {
+            for (v, &av) in aq.iter().enumerate() {
+                L::store(acc[q].add(L::N * v), av);
+            }
         }
     }
 }
 
-/// The register strips of a value accumulation: columns `0..c` of `acc` (the returned `c`, a
-/// multiple of `L::N`) get `Σ_t probs[t] · rows[t·stride + col]`, and `copy` (when not null)
-/// those columns of every row.
+/// The register strips of a value accumulation for `Q` queries: columns `0..c` of every
+/// `acc[q]` (the returned `c`, a multiple of `L::N`) get `Σ_t probs[q][t] · rows[t·stride + col]`,
+/// and `copy` (when not null) those columns of every row.
 ///
-/// With `scaled`, the rows are int8 rows whose float32 scale follows the `acc.len()` values.
+/// With `scaled`, the rows are int8 rows whose float32 scale follows the `d` values.
 ///
 /// # Safety
-/// `rows` (and `copy`) hold `probs.len()` rows of `stride >= acc.len()` elements (`acc.len() + 4`
-/// bytes at least when `scaled`); `L`'s features are enabled.
+/// Each `acc[q]` holds `d` floats and each `probs[q]` `tokens`; `rows` (and `copy`) hold `tokens`
+/// rows of `stride >= d` elements (`d + 4` bytes at least when `scaled`); `L`'s features are
+/// enabled.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn strips<L: Lanes, V: Row<L>>(
-    acc: &mut [f32],
-    probs: &[f32],
+unsafe fn strips<L: Lanes, V: Row<L>, const Q: usize>(
+    acc: [*mut f32; Q],
+    d: usize,
+    probs: [*const f32; Q],
+    tokens: usize,
     rows: *const V,
     copy: *mut V,
     stride: usize,
     stream: bool,
     scaled: bool,
 ) -> usize {
-    let d = acc.len();
     let mut c = 0;
     while c + L::N <= d {
-        let vectors = ((d - c) / L::N).min(L::MAX_STRIP);
+        let vectors = ((d - c) / L::N).min(L::MAX_STRIP / Q).max(1);
         // Strips of 16, 8, 4, 2 or 1 vectors: the widths compiled below.
         let w = [16, 8, 4, 2, 1]
             .into_iter()
             .find(|&w| w <= vectors)
             .unwrap_or(1);
-        let acc = acc.as_mut_ptr().wrapping_add(c);
+        let acc = acc.map(|a| a.wrapping_add(c));
         let (rows, copy) = (
             rows.wrapping_add(c),
             if copy.is_null() {
@@ -252,11 +270,11 @@ unsafe fn strips<L: Lanes, V: Row<L>>(
         // column d); L's features are on.
         unsafe {
             match w {
-                16 => strip::<L, V, 16>(acc, probs, rows, copy, stride, stream, at),
-                8 => strip::<L, V, 8>(acc, probs, rows, copy, stride, stream, at),
-                4 => strip::<L, V, 4>(acc, probs, rows, copy, stride, stream, at),
-                2 => strip::<L, V, 2>(acc, probs, rows, copy, stride, stream, at),
-                _ => strip::<L, V, 1>(acc, probs, rows, copy, stride, stream, at),
+                16 => strip::<L, V, 16, Q>(acc, probs, tokens, rows, copy, stride, stream, at),
+                8 => strip::<L, V, 8, Q>(acc, probs, tokens, rows, copy, stride, stream, at),
+                4 => strip::<L, V, 4, Q>(acc, probs, tokens, rows, copy, stride, stream, at),
+                2 => strip::<L, V, 2, Q>(acc, probs, tokens, rows, copy, stride, stream, at),
+                _ => strip::<L, V, 1, Q>(acc, probs, tokens, rows, copy, stride, stream, at),
             }
         }
         c += w * L::N;
@@ -264,48 +282,128 @@ unsafe fn strips<L: Lanes, V: Row<L>>(
     c
 }
 
-/// `acc[c] += Σ_t weights[t] · scale_t · rows[t·(D + 4) + c]` over int8 rows (D values, then the
-/// row's float32 scale), rows of weight 0 skipped.
+/// The accumulators' pointers, each derived from its own `&mut` slice.
+fn acc_ptrs<const Q: usize>(acc: &mut [&mut [f32]]) -> [*mut f32; Q] {
+    let mut each = acc.iter_mut();
+    std::array::from_fn(|_| each.next().map_or(std::ptr::null_mut(), |a| a.as_mut_ptr()))
+}
+
+fn prob_ptrs<const Q: usize>(probs: &[&[f32]]) -> [*const f32; Q] {
+    std::array::from_fn(|q| probs[q].as_ptr())
+}
+
+/// [`strips`] for the number of queries `acc.len()` (1 to [`super::GROUP_MAX`]).
+///
+/// # Safety
+/// As for [`strips`], with `acc` and `probs` of the same length (checked by
+/// [`super::group_shape`]).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn group_strips<L: Lanes, V: Row<L>>(
+    acc: &mut [&mut [f32]],
+    d: usize,
+    probs: &[&[f32]],
+    rows: *const V,
+    copy: *mut V,
+    stride: usize,
+    stream: bool,
+    scaled: bool,
+) -> usize {
+    let tokens = probs[0].len();
+    // SAFETY: forwarded from the caller; the pointers come from slices of the promised lengths.
+    unsafe {
+        match acc.len() {
+            1 => strips::<L, V, 1>(
+                acc_ptrs(acc),
+                d,
+                prob_ptrs(probs),
+                tokens,
+                rows,
+                copy,
+                stride,
+                stream,
+                scaled,
+            ),
+            2 => strips::<L, V, 2>(
+                acc_ptrs(acc),
+                d,
+                prob_ptrs(probs),
+                tokens,
+                rows,
+                copy,
+                stride,
+                stream,
+                scaled,
+            ),
+            3 => strips::<L, V, 3>(
+                acc_ptrs(acc),
+                d,
+                prob_ptrs(probs),
+                tokens,
+                rows,
+                copy,
+                stride,
+                stream,
+                scaled,
+            ),
+            _ => strips::<L, V, 4>(
+                acc_ptrs(acc),
+                d,
+                prob_ptrs(probs),
+                tokens,
+                rows,
+                copy,
+                stride,
+                stream,
+                scaled,
+            ),
+        }
+    }
+}
+
+/// `acc[q][c] += Σ_t weights[q][t] · scale_t · rows[t·(D + 4) + c]` over int8 rows (D values,
+/// then the row's float32 scale) for a group of queries, rows of weight 0 skipped per query.
 ///
 /// # Safety
 /// Called from code compiled with `L`'s features.
 #[inline(always)]
-pub unsafe fn accumulate_int8<L: Lanes>(acc: &mut [f32], weights: &[f32], rows: &[i8])
+pub unsafe fn accumulate_int8<L: Lanes>(acc: &mut [&mut [f32]], weights: &[&[f32]], rows: &[i8])
 where
     i8: Row<L>,
 {
-    let stride = acc.len() + 4;
-    assert_eq!(rows.len(), weights.len() * stride, "rows and weights");
-    // SAFETY: L's features are on; rows holds weights.len() rows of D values and a scale.
+    let d = super::group_shape(acc, weights, rows.len(), 4);
+    // SAFETY: L's features are on; rows holds a row of D values and a scale per weight.
     let c = unsafe {
-        strips::<L, i8>(
+        group_strips::<L, i8>(
             acc,
+            d,
             weights,
             rows.as_ptr(),
             std::ptr::null_mut(),
-            stride,
+            d + 4,
             false,
             true,
         )
     };
-    scalar::accumulate_int8(acc, weights, rows, c);
+    for (a, w) in acc.iter_mut().zip(weights) {
+        scalar::accumulate_int8(a, w, rows, c);
+    }
 }
 
-/// `acc[c] += Σ_t probs[t] · rows[t·D + c]`, copying the rows to `copy_to` in the same pass (see
-/// [`super::accumulate_rows_f32`]).
+/// `acc[q][c] += Σ_t probs[q][t] · rows[t·D + c]` for a group of queries, copying the rows to
+/// `copy_to` in the same pass (see [`super::accumulate_rows_f32`]).
 ///
 /// # Safety
 /// Called from code compiled with `L`'s features.
 #[inline(always)]
 pub unsafe fn accumulate_rows<L: Lanes, V: Row<L>>(
-    acc: &mut [f32],
-    probs: &[f32],
+    acc: &mut [&mut [f32]],
+    probs: &[&[f32]],
     rows: &[V],
     mut copy_to: Option<&mut [V]>,
     stream: bool,
 ) {
-    let d = acc.len();
-    assert_eq!(rows.len(), probs.len() * d, "value rows and probabilities");
+    let d = super::group_shape(acc, probs, rows.len(), 0);
     if let Some(dst) = &copy_to {
         assert_eq!(dst.len(), rows.len(), "copy destination");
     }
@@ -318,14 +416,17 @@ pub unsafe fn accumulate_rows<L: Lanes, V: Row<L>>(
         && !copy.is_null()
         && (copy as usize).is_multiple_of(width)
         && (d * std::mem::size_of::<V>()).is_multiple_of(width);
-    // SAFETY: L's features are on; rows (and copy) hold probs.len() rows of d elements.
-    let c = unsafe { strips::<L, V>(acc, probs, rows.as_ptr(), copy, d, stream, false) };
+    // SAFETY: L's features are on; rows (and copy) hold probs[q].len() rows of d elements.
+    let c = unsafe { group_strips::<L, V>(acc, d, probs, rows.as_ptr(), copy, d, stream, false) };
     if stream {
         // SAFETY: L's features are on. Streaming stores are weakly ordered: fence them before
         // the pool reports completion.
         unsafe { L::store_fence() };
     }
-    scalar::accumulate_columns(acc, probs, rows, copy_to, c, V::to_f32);
+    for (q, (a, p)) in acc.iter_mut().zip(probs).enumerate() {
+        let copy_to = if q == 0 { copy_to.as_deref_mut() } else { None };
+        scalar::accumulate_columns(a, p, rows, copy_to, c, V::to_f32);
+    }
 }
 
 /// The nearest centroid of each of `N` sub-vectors among one subspace's K centroids (`rows` its

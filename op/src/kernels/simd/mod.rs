@@ -119,8 +119,8 @@ macro_rules! entry_points {
         /// As above.
         #[target_feature(enable = $features)]
         pub unsafe fn accumulate_rows<V: $crate::kernels::simd::lanes::Row<$lanes>>(
-            acc: &mut [f32],
-            probs: &[f32],
+            acc: &mut [&mut [f32]],
+            probs: &[&[f32]],
             rows: &[V],
             copy_to: Option<&mut [V]>,
             stream: bool,
@@ -136,7 +136,7 @@ macro_rules! entry_points {
         /// # Safety
         /// As above.
         #[target_feature(enable = $features)]
-        pub unsafe fn accumulate_int8(acc: &mut [f32], weights: &[f32], rows: &[i8]) {
+        pub unsafe fn accumulate_int8(acc: &mut [&mut [f32]], weights: &[&[f32]], rows: &[i8]) {
             // SAFETY: as above.
             unsafe { $crate::kernels::simd::lanes::accumulate_int8::<$lanes>(acc, weights, rows) }
         }
@@ -250,14 +250,43 @@ pub fn max(x: &[f32]) -> f32 {
     dispatch!(max(x) else scalar::max(x))
 }
 
-/// `acc[c] += Σ_t probs[t] · rows[t·D + c]` with `D = acc.len()`; rows with probability exactly
-/// 0 add nothing (a masked row may hold anything). With `copy_to`, every row is also copied
-/// there, in the same pass; `stream` asks for stores that bypass the cache (used for present
-/// caches too large to stay there; honoured on x86_64 when the destination is aligned).
+/// Queries one value pass serves at most: their accumulators share the registers of a strip.
+pub const GROUP_MAX: usize = 4;
+
+/// Checks the shapes of a grouped value accumulation — 1 to [`GROUP_MAX`] queries, each with an
+/// accumulator of the same `D` floats and a weight per row, rows of `D + extra` elements — and
+/// returns `D`.
+pub(crate) fn group_shape(
+    acc: &[&mut [f32]],
+    probs: &[&[f32]],
+    rows_len: usize,
+    extra: usize,
+) -> usize {
+    assert!(
+        (1..=GROUP_MAX).contains(&acc.len()) && probs.len() == acc.len(),
+        "1 to {GROUP_MAX} accumulators and as many weight vectors, got {} and {}",
+        acc.len(),
+        probs.len()
+    );
+    let (d, tokens) = (acc[0].len(), probs[0].len());
+    assert!(
+        acc.iter().all(|a| a.len() == d) && probs.iter().all(|p| p.len() == tokens),
+        "accumulators of one length and weight vectors of one length"
+    );
+    assert_eq!(rows_len, tokens * (d + extra), "value rows and weights");
+    d
+}
+
+/// `acc[q][c] += Σ_t probs[q][t] · rows[t·D + c]` for a group of queries (`D = acc[q].len()`,
+/// at most [`GROUP_MAX`] queries): each row is read once for all of them. A row with probability
+/// exactly 0 adds nothing to that query (a masked row may hold anything). With `copy_to`, every
+/// row is also copied there, in the same pass; `stream` asks for stores that bypass the cache
+/// (used for present caches too large to stay there; honoured on x86_64 when the destination is
+/// aligned).
 #[inline]
 pub fn accumulate_rows_f32(
-    acc: &mut [f32],
-    probs: &[f32],
+    acc: &mut [&mut [f32]],
+    probs: &[&[f32]],
     rows: &[f32],
     copy_to: Option<&mut [f32]>,
     stream: bool,
@@ -269,8 +298,8 @@ pub fn accumulate_rows_f32(
 /// [`accumulate_rows_f32`] for float16 value rows.
 #[inline]
 pub fn accumulate_rows_f16(
-    acc: &mut [f32],
-    probs: &[f32],
+    acc: &mut [&mut [f32]],
+    probs: &[&[f32]],
     rows: &[f16],
     copy_to: Option<&mut [f16]>,
     stream: bool,
@@ -280,25 +309,21 @@ pub fn accumulate_rows_f16(
 }
 
 /// [`accumulate_rows_f32`] for int8 rows (D values, then the row's float32 scale in four bytes;
-/// `rows.len() = weights.len() · (D + 4)`): each nonzero weight is multiplied by its row's scale
-/// as the row is read, the int8 values widened to float32 in registers and accumulated. With
-/// `copy_to`, the rows (scales included) are copied first.
+/// `rows.len() = weights[q].len() · (D + 4)`): each nonzero weight is multiplied by its row's
+/// scale as the row is read, the int8 values widened to float32 in registers (once for the whole
+/// group) and accumulated. With `copy_to`, the rows (scales included) are copied first.
 #[inline]
 pub fn accumulate_rows_int8(
-    acc: &mut [f32],
-    weights: &[f32],
+    acc: &mut [&mut [f32]],
+    weights: &[&[f32]],
     rows: &[i8],
     copy_to: Option<&mut [i8]>,
 ) {
-    assert_eq!(
-        rows.len(),
-        weights.len() * (acc.len() + 4),
-        "int8 rows and weights"
-    );
+    group_shape(acc, weights, rows.len(), 4);
     if let Some(dst) = copy_to {
         dst.copy_from_slice(rows);
     }
-    dispatch!(accumulate_int8(acc, weights, rows) else scalar::accumulate_int8(acc, weights, rows, 0))
+    dispatch!(accumulate_int8(acc, weights, rows) else scalar::accumulate_rows_int8(acc, weights, rows))
 }
 
 /// The prefill's score product: `out[q·ld + t] = Σ_i xs[q·d + i] · kt[i·stride + t]` for the

@@ -19,16 +19,21 @@ pub fn max(x: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
-/// `acc[c] += Σ_t probs[t] · rows[t·D + c]` (`D = acc.len()`), skipping rows whose probability is
-/// exactly 0, and copying every row to `copy_to` when given.
+/// `acc[q][c] += Σ_t probs[q][t] · rows[t·D + c]` (`D = acc[q].len()`) for each query of a
+/// group, skipping rows whose probability is exactly 0, and copying every row to `copy_to` when
+/// given.
 pub fn accumulate_rows<V: Copy>(
-    acc: &mut [f32],
-    probs: &[f32],
+    acc: &mut [&mut [f32]],
+    probs: &[&[f32]],
     rows: &[V],
-    copy_to: Option<&mut [V]>,
+    mut copy_to: Option<&mut [V]>,
     to_f32: impl Fn(V) -> f32,
 ) {
-    accumulate_columns(acc, probs, rows, copy_to, 0, to_f32)
+    super::group_shape(acc, probs, rows.len(), 0);
+    for (q, (a, p)) in acc.iter_mut().zip(probs).enumerate() {
+        let copy_to = if q == 0 { copy_to.as_deref_mut() } else { None };
+        accumulate_columns(a, p, rows, copy_to, 0, &to_f32);
+    }
 }
 
 /// [`accumulate_rows`] restricted to columns `from..D` (of the sums and of the copy): all of it for
@@ -58,8 +63,8 @@ pub fn accumulate_columns<V: Copy>(
 }
 
 pub fn accumulate_rows_f32(
-    acc: &mut [f32],
-    probs: &[f32],
+    acc: &mut [&mut [f32]],
+    probs: &[&[f32]],
     rows: &[f32],
     copy_to: Option<&mut [f32]>,
 ) {
@@ -67,12 +72,20 @@ pub fn accumulate_rows_f32(
 }
 
 pub fn accumulate_rows_f16(
-    acc: &mut [f32],
-    probs: &[f32],
+    acc: &mut [&mut [f32]],
+    probs: &[&[f32]],
     rows: &[f16],
     copy_to: Option<&mut [f16]>,
 ) {
     accumulate_rows(acc, probs, rows, copy_to, f16::to_f32)
+}
+
+/// [`accumulate_int8`] over all columns, for each query of a group.
+pub fn accumulate_rows_int8(acc: &mut [&mut [f32]], weights: &[&[f32]], rows: &[i8]) {
+    super::group_shape(acc, weights, rows.len(), 4);
+    for (a, w) in acc.iter_mut().zip(weights) {
+        accumulate_int8(a, w, rows, 0);
+    }
 }
 
 /// `acc[c] += Σ_t weights[t] · scale_t · rows[t·(D + 4) + c]` for columns `from..D` of int8 rows
