@@ -151,7 +151,8 @@ const PREFETCH_AHEAD: usize = 8192;
 /// Each `acc[q]` holds `W·N` floats and each `probs[q]` `tokens` floats; `rows` (and `copy`,
 /// when not null) hold `tokens` rows of `stride` elements with at least `W·N` from the strip
 /// start (and 4 bytes at `scale_at`); `L`'s features are enabled.
-#[allow(clippy::too_many_arguments)]
+// Indices: `v` walks the row's pieces and every query's accumulators in step.
+#[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn strip<L: Lanes, V: Row<L>, const W: usize, const Q: usize>(
     acc: [*mut f32; Q],
