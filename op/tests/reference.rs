@@ -1397,6 +1397,55 @@ fn simd_value_accumulation_matches_scalar() {
     }
 }
 
+/// Table scores of a group of queries in one pass over the codes: bit-identical to each query's
+/// own pass, and to an f64 sum of the table entries up to rounding, for fixed (K = 256) and
+/// generic table sizes; score rows past each query's tokens are left alone.
+#[test]
+fn grouped_table_scores_equal_single_query_scores() {
+    use lookat_op::kernels::{adc_scores, adc_scores_group, simd::GROUP_MAX};
+    let mut rng = Rng(79);
+    for (m, k) in [
+        (1, 256),
+        (2, 256),
+        (4, 256),
+        (8, 256),
+        (16, 256),
+        (3, 256),
+        (4, 16),
+        (2, 7),
+    ] {
+        for q_n in 1..=GROUP_MAX {
+            let tokens = 1 + rng.below(70);
+            let ld = tokens + rng.below(5);
+            let luts = rng.vec(q_n * m * k, 2.0);
+            let codes: Vec<u8> = (0..tokens * m).map(|_| rng.below(k) as u8).collect();
+            let mut scores = vec![f32::NAN; q_n * ld];
+            adc_scores_group(&luts, &codes, k, m, &mut scores, ld);
+            for q in 0..q_n {
+                let lut = &luts[q * m * k..][..m * k];
+                let mut single = vec![0.0f32; tokens];
+                adc_scores(lut, &codes, k, m, &mut single);
+                let row = &scores[q * ld..][..ld];
+                for t in 0..tokens {
+                    assert_eq!(
+                        row[t].to_bits(),
+                        single[t].to_bits(),
+                        "m={m} k={k} q={q} t={t}"
+                    );
+                    let want: f64 = (0..m)
+                        .map(|j| lut[j * k + codes[t * m + j] as usize] as f64)
+                        .sum();
+                    assert!((row[t] as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()));
+                }
+                assert!(
+                    row[tokens..].iter().all(|x| x.is_nan()),
+                    "m={m} k={k}: row tail written"
+                );
+            }
+        }
+    }
+}
+
 /// Grouped accumulation (1 to GROUP_MAX queries over the same rows, each row read once) against
 /// an f64 sum per query written here, for every value type: widths that leave column tails and
 /// split the group's strips, weights of exactly 0 for some queries only (their row is skipped

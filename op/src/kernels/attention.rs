@@ -16,7 +16,7 @@ use lookat_contract::window;
 use super::geometry::invalid;
 use super::simd::{GROUP_MAX, PRODUCT_QUERIES, PRODUCT_TILE};
 use super::{
-    adc_scores, Geometry, KeyTransforms, LookatError, OnlineSoftmax, ParallelFor,
+    adc_scores_group, Geometry, KeyTransforms, LookatError, OnlineSoftmax, ParallelFor,
     PreparedCodebooks, ValueElem,
 };
 
@@ -796,24 +796,19 @@ impl<V: ValueElem> Call<'_, V> {
         true
     }
 
-    /// The scores of query `i` of task `bh` for the tokens `start..start + block.len()`
-    /// (`codes` theirs): table lookups, exact scores where asked (this call's keys, the sinks
-    /// and the query's window), `-inf` where the mask disallows.
-    #[allow(clippy::too_many_arguments)]
-    fn score_block(
+    /// Overwrites the table scores of query `i` of task `bh` for the tokens
+    /// `start..start + block.len()` where asked: exact scores for this call's keys, the sinks and
+    /// the query's window; `-inf` where the mask disallows.
+    fn adjust_scores(
         &self,
         bh: usize,
         i: usize,
-        table: &[f32],
-        codes: &[u8],
         start: usize,
         block: &mut [f32],
         exact_key: &mut [f32],
     ) {
-        let g = &self.g;
-        let (p_n, m, k) = (g.past_tokens, g.subspaces, g.centroids);
+        let p_n = self.g.past_tokens;
         let stop = start + block.len();
-        adc_scores(table, codes, k, m, block);
         if self.exact_current {
             let query = self.query(bh, i);
             for t in start.max(p_n)..stop {
@@ -898,8 +893,8 @@ impl<V: ValueElem> Call<'_, V> {
                     .copy_from_slice(&past_codes[start * m..past_end * m]);
             }
             // Queries with the same causal stop (the G query heads of one new token) are scored
-            // one by one, then summed over the block's value rows together: each row is read
-            // (and widened) once per group.
+            // together, then summed over the block's value rows together: each code and each
+            // value row is read (and widened) once per group.
             let stop_of = |i: usize| end.min(p_n + self.query_of(bh, i).1 + 1);
             let mut first = 0;
             while first < queries.len() {
@@ -917,13 +912,18 @@ impl<V: ValueElem> Call<'_, V> {
                     continue; // causal: no query of this group sees these rows (nor the past)
                 }
                 let copying = copy_past && group.start == 0 && start < past_end;
+                adc_scores_group(
+                    &tables[group.start * m * k..group.end * m * k],
+                    &codes[(start - base) * m..(stop - base) * m],
+                    k,
+                    m,
+                    &mut scores,
+                    block_len,
+                );
                 let mut any = false;
                 for (j, n) in group.clone().enumerate() {
-                    let i = queries.start + n;
                     let block = &mut scores[j * block_len..][..stop - start];
-                    let codes = &codes[(start - base) * m..(stop - base) * m];
-                    let table = &tables[n * m * k..][..m * k];
-                    self.score_block(bh, i, table, codes, start, block, &mut exact_key);
+                    self.adjust_scores(bh, queries.start + n, start, block, &mut exact_key);
                     any |= states[n].absorb_scores(block);
                 }
                 let weights: [&[f32]; GROUP_MAX] = std::array::from_fn(|j| {

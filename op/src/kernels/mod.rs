@@ -10,7 +10,7 @@ mod softmax;
 mod transform;
 mod value;
 
-pub use adc::adc_scores;
+pub use adc::{adc_scores, adc_scores_group};
 pub use attention::{
     lookat_attention, prefill_uses_products, AttentionInputs, AttentionOptions, AttentionOutputs,
 };
