@@ -391,7 +391,7 @@ def main(argv=None):
                     chosen = [(v, sess) for v, sess in sessions if mode in v.modes]
                     runs = [Runner(sess, v, feeds_for(v, shape, b, p, s, rng), ring) for v, sess in chosen]
                     long = t * b > 4096
-                    medians = timed_in_rounds(runs, rounds=2 if long else 3, per_round=3 if long else 5)
+                    medians = timed_in_rounds(runs, rounds=3 if long else 5, per_round=3 if long else 6)
                     del runs
                     base = medians[0]
                     for (v, _), sec in zip(chosen, medians):
