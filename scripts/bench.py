@@ -319,13 +319,15 @@ def gqa_shares_buffer(sess, variant, shape, rng):
 
 def timed_in_rounds(runs, rounds, per_round):
     """Median seconds per run of each callable. Every round runs each variant in turn: a pause
-    (each session has its own thread pool, whose threads spin for a while after a run), one
-    untimed run, then `per_round` timed runs."""
+    (each session has its own thread pool, whose threads spin for a while after a run), three
+    untimed runs (after the pause, the first runs of a session are slower), then `per_round`
+    timed runs."""
     times = [[] for _ in runs]
     for _ in range(rounds):
         for run, ts in zip(runs, times):
             time.sleep(0.1)
-            run()
+            for _ in range(3):
+                run()
             for _ in range(per_round):
                 t0 = time.perf_counter()
                 run()
