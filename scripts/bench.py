@@ -40,7 +40,7 @@ from onnx import helper
 from onnx import numpy_helper as nh
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
-from lookat_testlib import session  # noqa: E402
+from lookat_testlib import plugin_path  # noqa: E402
 
 D, K = 64, 256
 SHAPES = {"gpt2": (12, 12), "smollm2": (9, 3)}  # (query heads, kv heads)
@@ -317,6 +317,31 @@ def gqa_shares_buffer(sess, variant, shape, rng):
     return changed and kept, ("appends in place" if changed and kept else "does not write the bound buffer")
 
 
+def pin_main_thread():
+    """Pins the calling thread to CPU 0 (see `pinned_session`)."""
+    os.sched_setaffinity(0, {0})
+
+
+def pinned_session(model, threads, pin=True):
+    """A session whose intra-op worker threads sit on CPUs 1 … threads−1, the caller being pinned
+    to CPU 0 (`pin_main_thread`). Each variant has its own session, so one process holds many
+    thread pools; unpinned, Linux kept a pool's woken worker on the caller's CPU for seconds at a
+    time, and every variant that uses both threads ran up to ~1.7× slower in such phases
+    (`scripts/bench_phases.py --no-pin` shows them). Pinning every session the same way keeps the
+    comparison fair and the phases out. `pin=False` leaves the threads unpinned."""
+    opts = ort.SessionOptions()
+    opts.register_custom_ops_library(plugin_path())
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    if pin and threads > 1:
+        if threads > (os.cpu_count() or 1):
+            sys.exit(f"--threads {threads}: this machine has {os.cpu_count()} CPUs")
+        opts.add_session_config_entry(
+            "session.intra_op_thread_affinities", ";".join(str(cpu + 1) for cpu in range(1, threads)))
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
 def timed_in_rounds(runs, rounds, per_round):
     """Median seconds per run of each callable. Every round runs each variant in turn: a pause
     (each session has its own thread pool, whose threads spin for a while after a run), three
@@ -361,6 +386,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rng = np.random.default_rng(1)
     bw = bandwidth_gbs(args.threads)
+    pin_main_thread()  # after the copy's threads, which would inherit it
     caches = cache_sizes()
     l3 = largest_cache_bytes(caches)
     ring = 2 * l3
@@ -376,7 +402,7 @@ def main(argv=None):
         variants = variants_for(shape)
         sessions = []
         for v in variants:
-            sess = session(v.model, args.threads)
+            sess = pinned_session(v.model, args.threads)
             if v.name.startswith("gqa") and v.shared:
                 ok, why = gqa_shares_buffer(sess, v, shape, rng)
                 gqa_share[f"{shape} {v.name}"] = why
