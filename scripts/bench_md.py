@@ -132,6 +132,34 @@ def ort_versions_section(runs):
     return "\n".join(out) + "\n"
 
 
+def phases_section(runs):
+    """Burst medians of one cell over many rounds, threads unpinned and pinned (bench_phases.py)."""
+    unpinned, pinned = sorted(runs, key=lambda r: r["pinned"])
+    assert not unpinned["pinned"] and pinned["pinned"], "one run with --no-pin, one without"
+    first = unpinned["summary"][0]["variant"]
+
+    def cells(summary_row):
+        ms, ratio = summary_row["ms_p10_p50_p90"], summary_row["ratio_p10_p50_p90"]
+        return f"{'/'.join(f'{x:.3f}' for x in ms)} | {'/'.join(f'{x:.2f}' for x in ratio)}×"
+
+    lines = [f"| {a['variant']} | {cells(a)} | {cells(b)} |" for a, b in zip(unpinned["summary"], pinned["summary"])]
+    return f"""
+## Thread placement: why bench.py pins threads
+
+`scripts/bench_phases.py [--no-pin] --rounds {pinned['rounds']}` times one cell ({pinned['shape']} shape, decode,
+T = {pinned['tokens']}, B = {pinned['batch']}) the way bench.py times a round, burst after burst, the variants
+taking turns; per variant the 10th/50th/90th percentile of the burst medians (ms) and of the
+ratio to {first} in the same round. Each variant has its own session, so one process holds many
+thread pools; unpinned, Linux left a pool's woken worker on the caller's CPU for seconds at a time
+and the variants that use both threads ran slower in such phases. bench.py therefore pins every
+session's workers to CPUs 1 … N−1 and the calling thread to CPU 0 (`pinned_session`).
+
+| variant | unpinned: ms p10/p50/p90 | ratio | pinned: ms p10/p50/p90 | ratio |
+|---|---:|---:|---:|---:|
+{chr(10).join(lines)}
+"""
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bench", required=True)
@@ -140,6 +168,7 @@ def main(argv=None):
     ap.add_argument("--commit", required=True)
     ap.add_argument("--seconds", required=True, help="wall seconds of the three runs, comma separated")
     ap.add_argument("--ort-versions", help="two `bench.py --quick --json` files from two onnxruntime versions, comma separated")
+    ap.add_argument("--phases", help="two `bench_phases.py --json` files, run with --no-pin and without, comma separated")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "BENCHMARKS.md"))
     args = ap.parse_args(argv)
     bench, e2e, vf = (json.load(open(p)) for p in (args.bench, args.e2e, args.fidelity))
@@ -310,6 +339,8 @@ whatever T is — building the m·K tables per query, onnxruntime's dispatch, th
 which on the x86 VM above keeps LOOKAT's bandwidth fraction at {short_bw[0]:.2f}–{short_bw[1]:.2f} for T ≤ 4096, so
 measured ratios at short contexts fall below the model's.
 """
+    if args.phases:
+        page += phases_section([json.load(open(p)) for p in args.phases.split(",")])
     if args.ort_versions:
         page += ort_versions_section([json.load(open(p)) for p in args.ort_versions.split(",")])
     with open(args.out, "w") as fh:
