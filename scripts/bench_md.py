@@ -115,12 +115,19 @@ def cost_model():
     return "\n".join(out)
 
 
+def machine_line(m):
+    """`cpu` and the largest cache of a run's machine record, for sections run apart from bench.py."""
+    caches = m.get("caches", {})
+    l3 = [f"{k} {v}" for k, v in caches.items() if k.startswith("L3")]
+    return m["cpu"] + (f" ({l3[0]})" if l3 else "")
+
+
 def ort_versions_section(runs):
     """GroupQueryAttention (and MultiHeadAttention) decode at T = 4096, B = 1 in two onnxruntime
     versions, from `bench.py --quick` run back to back."""
     versions = [r["machine"]["onnxruntime"] for r in runs]
     out = [f"\n## onnxruntime {versions[0]} against {versions[1]}\n",
-           "`bench.py --quick --json` in a venv with each version, back to back (copy bandwidth "
+           f"`bench.py --quick --json` in a venv with each version, back to back on {machine_line(runs[0]['machine'])} (copy bandwidth "
            + ", ".join("%.1f" % r["machine"]["copy_bandwidth_gbs"] for r in runs) + " GB/s): decode, T = 4096, B = 1, ms.\n",
            "| shape | variant | " + " | ".join(versions) + " |", "|---|---|" + "---:|" * len(runs)]
     for shape in ("gpt2", "smollm2"):
@@ -137,6 +144,7 @@ def phases_section(runs):
     unpinned, pinned = sorted(runs, key=lambda r: r["pinned"])
     assert not unpinned["pinned"] and pinned["pinned"], "one run with --no-pin, one without"
     first = unpinned["summary"][0]["variant"]
+    machine = machine_line(pinned)
 
     def cells(summary_row):
         ms, ratio = summary_row["ms_p10_p50_p90"], summary_row["ratio_p10_p50_p90"]
@@ -149,10 +157,13 @@ def phases_section(runs):
 `scripts/bench_phases.py [--no-pin] --rounds {pinned['rounds']}` times one cell ({pinned['shape']} shape, decode,
 T = {pinned['tokens']}, B = {pinned['batch']}) the way bench.py times a round, burst after burst, the variants
 taking turns; per variant the 10th/50th/90th percentile of the burst medians (ms) and of the
-ratio to {first} in the same round. Each variant has its own session, so one process holds many
-thread pools; unpinned, Linux left a pool's woken worker on the caller's CPU for seconds at a time
-and the variants that use both threads ran slower in such phases. bench.py therefore pins every
-session's workers to CPUs 1 … N−1 and the calling thread to CPU 0 (`pinned_session`).
+ratio to {first} in the same round; on {machine}, back to back. Each variant has its own
+session, so one process holds many thread pools. On an AMD EPYC VM of the same kind, unpinned,
+Linux left a pool's woken worker on the caller's CPU for seconds at a time and the variants that
+use both threads ran ~1.7× slower in such phases (bench_phases.py there, 2026-12-04, lookat m=2
+int8 shared p50: 0.151 ms unpinned, 0.090 ms pinned); the table shows how much of that this
+machine sees. bench.py therefore pins every session's workers to CPUs
+1 … N−1 and the calling thread to CPU 0 (`pinned_session`).
 
 | variant | unpinned: ms p10/p50/p90 | ratio | pinned: ms p10/p50/p90 | ratio |
 |---|---:|---:|---:|---:|

@@ -75,7 +75,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dict(shape=args.shape, tokens=args.tokens, batch=args.batch, rounds=args.rounds,
-                           pinned=not args.no_pin,
+                           pinned=not args.no_pin, cpu=bench.cpu_name(), caches=bench.cache_sizes(),
                            bursts=dict(zip(names, bursts)), summary=summary), fh, indent=1)
 
 
