@@ -5,7 +5,8 @@
 //!     cargo run --release -p lookat-op --example kernel_phases [-- T m]
 //!
 //! Phases of a decode step (S = 1) over a T-token cache: table build, scoring (ADC), softmax
-//! weights (exp), value accumulation with the past -> present copy, and the whole call; and of a
+//! weights (exp), value accumulation with the past -> present copy and without (a shared buffer's
+//! read, float16 and int8 rows), and the whole call; and of a
 //! prefill (S = T): key encoding, table build, and the whole call.
 
 use std::time::Instant;
@@ -158,11 +159,39 @@ fn main() {
             simd::accumulate_rows_f16(&mut [&mut acc], &[w], &values16[rows], dst, true);
         }
     });
+    // A shared buffer's decode reads the rows without copying them.
+    let acc16_read_ms = best_ms(30, || {
+        for h in 0..H {
+            let w = &weights[h * t..][..t];
+            simd::accumulate_rows_f16(
+                &mut [&mut acc],
+                &[w],
+                &values16[h * t * D..][..t * D],
+                None,
+                false,
+            );
+        }
+    });
+    let mut values8 = vec![0i8; H * t * (D + 4)];
+    for (src, dst) in values32
+        .chunks_exact(D)
+        .zip(values8.chunks_exact_mut(D + 4))
+    {
+        i8::store_row(src, dst);
+    }
+    let acc8_read_ms = best_ms(30, || {
+        for h in 0..H {
+            let w = &weights[h * t..][..t];
+            let rows = &values8[h * t * (D + 4)..][..t * (D + 4)];
+            simd::accumulate_rows_int8(&mut [&mut acc], &[w], rows, None);
+        }
+    });
     let dec32 = call::<f32>(t, 1, m, &books, &raw);
     let dec16 = call::<f16>(t, 1, m, &books, &raw);
     println!("decode step (S = 1), ms over all heads:");
     println!("  tables {lut_ms:.3}  scores {adc_ms:.3}  exp {exp_ms:.3}");
     println!("  values+copy f32 {acc32_ms:.3}  f16 {acc16_ms:.3}");
+    println!("  values, no copy: f16 {acc16_read_ms:.3}  int8 rows {acc8_read_ms:.3}");
     println!("  whole call f32 {dec32:.3}  f16 {dec16:.3}");
 
     let s = t.min(1024);
