@@ -1397,6 +1397,72 @@ fn simd_value_accumulation_matches_scalar() {
     }
 }
 
+/// Int8 rows over long blocks, for groups of 1 to 4 queries: the weights are scaled a register of
+/// rows at a time (gathers where the CPU has them) in chunks of rows, so the row counts straddle
+/// a register (16) and a chunk (128); rows of weight 0 — some with a NaN or infinite scale —
+/// add nothing, in the middle of a register, for one query or for all.
+#[test]
+fn int8_value_accumulation_over_long_blocks() {
+    use lookat_op::kernels::simd;
+    let mut rng = Rng(79);
+    for &n in &[15usize, 16, 17, 31, 127, 128, 129, 257, 300] {
+        for &d in &[64usize, 16, 40] {
+            for q_n in 1..=simd::GROUP_MAX {
+                let stride = d + 4;
+                let mut rows8 = vec![0i8; n * stride];
+                let mut scales = vec![0.0f32; n];
+                let mut probs: Vec<Vec<f32>> = (0..q_n)
+                    .map(|_| (0..n).map(|_| rng.uniform().abs()).collect())
+                    .collect();
+                for t in 0..n {
+                    for c in 0..d {
+                        rows8[t * stride + c] = (rng.below(255) as i32 - 127) as i8;
+                    }
+                    scales[t] = match t % 37 {
+                        5 => f32::NAN,
+                        6 => f32::INFINITY,
+                        _ => rng.uniform().abs() * 0.05,
+                    };
+                    if t % 37 == 5 || t % 37 == 6 {
+                        for p in probs.iter_mut() {
+                            p[t] = 0.0;
+                        }
+                    }
+                    if t % 11 == 3 {
+                        probs[0][t] = 0.0;
+                    }
+                    for (i, byte) in scales[t].to_le_bytes().into_iter().enumerate() {
+                        rows8[t * stride + d + i] = byte as i8;
+                    }
+                }
+                let starts: Vec<Vec<f32>> = (0..q_n).map(|_| rng.vec(d, 1.0)).collect();
+                let mut accs = starts.clone();
+                let mut refs: Vec<&mut [f32]> = accs.iter_mut().map(Vec::as_mut_slice).collect();
+                let weights: Vec<&[f32]> = probs.iter().map(Vec::as_slice).collect();
+                simd::accumulate_rows_int8(&mut refs, &weights, &rows8, None);
+                for q in 0..q_n {
+                    for c in 0..d {
+                        let want = starts[q][c] as f64
+                            + (0..n)
+                                .filter(|&t| probs[q][t] != 0.0)
+                                .map(|t| {
+                                    probs[q][t] as f64
+                                        * scales[t] as f64
+                                        * rows8[t * stride + c] as f64
+                                })
+                                .sum::<f64>();
+                        let got = accs[q][c] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "n={n} d={d} queries={q_n} query {q} column {c}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Table scores of a group of queries in one pass over the codes: bit-identical to each query's
 /// own pass, and to an f64 sum of the table entries up to rounding, for fixed (K = 256) and
 /// generic table sizes; score rows past each query's tokens are left alone.

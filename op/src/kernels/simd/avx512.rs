@@ -26,6 +26,53 @@ unsafe impl Lanes for Avx512 {
     type F = __m512;
 
     #[inline(always)]
+    unsafe fn scale_weights(
+        out: &mut [f32],
+        weights: &[f32],
+        rows: &[i8],
+        stride: usize,
+        at: usize,
+    ) {
+        let n = out.len();
+        assert!(weights.len() >= n && rows.len() >= n * stride && at + 4 <= stride);
+        let mut t = 0;
+        // Sixteen rows' scales in one gather (byte offsets t·stride + at, within i32 as long as
+        // the chunk is: callers pass at most a few hundred rows of a few hundred bytes).
+        assert!(n * stride <= i32::MAX as usize);
+        // SAFETY: AVX-512F is enabled; every gathered offset, load and store stays inside the
+        // slices, whose lengths were checked above.
+        unsafe {
+            let lane = _mm512_mullo_epi32(
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                _mm512_set1_epi32(stride as i32),
+            );
+            while t + 16 <= n {
+                let offsets = _mm512_add_epi32(lane, _mm512_set1_epi32((t * stride + at) as i32));
+                let scales = _mm512_i32gather_ps::<1>(offsets, rows.as_ptr().cast());
+                let w = _mm512_loadu_ps(weights.as_ptr().add(t));
+                let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(w, _mm512_setzero_ps());
+                _mm512_storeu_ps(
+                    out.as_mut_ptr().add(t),
+                    _mm512_maskz_mul_ps(nonzero, w, scales),
+                );
+                t += 16;
+            }
+        }
+        let rest = &rows[t * stride..];
+        for ((o, &w), row) in out[t..]
+            .iter_mut()
+            .zip(&weights[t..])
+            .zip(rest.chunks_exact(stride))
+        {
+            *o = if w != 0.0 {
+                w * crate::kernels::value::int8_row_scale(&row[..at + 4])
+            } else {
+                0.0
+            };
+        }
+    }
+
+    #[inline(always)]
     unsafe fn splat(x: f32) -> __m512 {
         // SAFETY: AVX-512F is enabled (trait contract).
         unsafe { _mm512_set1_ps(x) }

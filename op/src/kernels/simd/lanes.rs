@@ -54,6 +54,28 @@ pub unsafe trait Lanes {
     unsafe fn reduce_max(v: Self::F) -> f32;
     /// Orders streaming stores before later stores (where the architecture has such stores).
     unsafe fn store_fence() {}
+    /// `out[t] = weights[t] · scale_t`, where `scale_t` is the little-endian float32 at byte
+    /// `at` of row `t` (`rows`: rows of `stride` bytes); 0 where the weight is 0, whatever the
+    /// scale. One row at a time here; an architecture with gathers loads a register of scales.
+    ///
+    /// # Safety
+    /// `rows` holds `out.len()` rows with `at + 4 <= stride`, `weights` as many floats.
+    #[inline(always)]
+    unsafe fn scale_weights(
+        out: &mut [f32],
+        weights: &[f32],
+        rows: &[i8],
+        stride: usize,
+        at: usize,
+    ) {
+        for ((o, &w), row) in out.iter_mut().zip(weights).zip(rows.chunks_exact(stride)) {
+            *o = if w != 0.0 {
+                w * crate::kernels::value::int8_row_scale(&row[..at + 4])
+            } else {
+                0.0
+            };
+        }
+    }
 }
 
 /// How value rows of one element type are read into lanes and copied, raw, to another buffer.
@@ -143,9 +165,8 @@ const PREFETCH_AHEAD: usize = 8192;
 
 /// One column strip of `W` vectors over all rows for `Q` queries at once, the accumulators in
 /// `Q·W` registers: each piece of a row is loaded (and widened) once and added to every query's
-/// sum. With `scale_at`, each nonzero weight is multiplied by the float32 (little-endian,
-/// unaligned) its row holds that many bytes after the strip start — the int8 rows' scale, read
-/// in the same pass as the values instead of in a pass of its own.
+/// sum. With `SKIP_ZERO`, rows of weight exactly 0 are skipped (a masked float row may hold
+/// NaN); without, every row is added, each weight broadcast straight from memory.
 ///
 /// # Safety
 /// Each `acc[q]` holds `W·N` floats and each `probs[q]` `tokens` floats; `rows` (and `copy`,
@@ -154,7 +175,7 @@ const PREFETCH_AHEAD: usize = 8192;
 // Indices: `v` walks the row's pieces and every query's accumulators in step.
 #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
 #[inline(always)]
-unsafe fn strip<L: Lanes, V: Row<L>, const W: usize, const Q: usize>(
+unsafe fn strip<L: Lanes, V: Row<L>, const W: usize, const Q: usize, const SKIP_ZERO: bool>(
     acc: [*mut f32; Q],
     probs: [*const f32; Q],
     tokens: usize,
@@ -162,7 +183,6 @@ unsafe fn strip<L: Lanes, V: Row<L>, const W: usize, const Q: usize>(
     copy: *mut V,
     stride: usize,
     stream: bool,
-    scale_at: Option<usize>,
 ) {
     // SAFETY: all pointer arithmetic stays inside the ranges the caller guarantees.
     unsafe {
@@ -184,20 +204,12 @@ unsafe fn strip<L: Lanes, V: Row<L>, const W: usize, const Q: usize>(
                 super::prefetch_line(ahead.wrapping_add(line));
                 line += 64;
             }
-            let scale = scale_at.map(|at| {
-                f32::from_bits(u32::from_le(
-                    row.cast::<u8>().add(at).cast::<u32>().read_unaligned(),
-                ))
-            });
-            // A weight of exactly 0 adds nothing, whatever the row holds (a masked row, or its
-            // scale, may be NaN).
-            let p: [f32; Q] = std::array::from_fn(|q| match (*probs[q].add(t), scale) {
-                (p, Some(s)) if p != 0.0 => p * s,
-                (p, _) => p,
-            });
-            let all = p.iter().all(|&p| p != 0.0);
-            let any = all || p.iter().any(|&p| p != 0.0);
+            let p: [f32; Q] = std::array::from_fn(|q| *probs[q].add(t));
             let pv: [L::F; Q] = std::array::from_fn(|q| L::splat(p[q]));
+            // A weight of exactly 0 adds nothing, whatever the row holds (a masked row may be
+            // NaN); callers whose rows are always finite skip the test.
+            let all = !SKIP_ZERO || p.iter().all(|&p| p != 0.0);
+            let any = all || p.iter().any(|&p| p != 0.0);
             if copy.is_null() && !any {
                 continue;
             }
@@ -228,17 +240,14 @@ unsafe fn strip<L: Lanes, V: Row<L>, const W: usize, const Q: usize>(
 
 /// The register strips of a value accumulation for `Q` queries: columns `0..c` of every
 /// `acc[q]` (the returned `c`, a multiple of `L::N`) get `Σ_t probs[q][t] · rows[t·stride + col]`,
-/// and `copy` (when not null) those columns of every row.
-///
-/// With `scaled`, the rows are int8 rows whose float32 scale follows the `d` values.
+/// and `copy` (when not null) those columns of every row; `S`: [`strip`]'s `SKIP_ZERO`.
 ///
 /// # Safety
 /// Each `acc[q]` holds `d` floats and each `probs[q]` `tokens`; `rows` (and `copy`) hold `tokens`
-/// rows of `stride >= d` elements (`d + 4` bytes at least when `scaled`); `L`'s features are
-/// enabled.
+/// rows of `stride >= d` elements; `L`'s features are enabled.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn strips<L: Lanes, V: Row<L>, const Q: usize>(
+unsafe fn strips<L: Lanes, V: Row<L>, const Q: usize, const S: bool>(
     acc: [*mut f32; Q],
     d: usize,
     probs: [*const f32; Q],
@@ -247,7 +256,6 @@ unsafe fn strips<L: Lanes, V: Row<L>, const Q: usize>(
     copy: *mut V,
     stride: usize,
     stream: bool,
-    scaled: bool,
 ) -> usize {
     let mut c = 0;
     while c + L::N <= d {
@@ -266,16 +274,14 @@ unsafe fn strips<L: Lanes, V: Row<L>, const Q: usize>(
                 copy.wrapping_add(c)
             },
         );
-        let at = scaled.then(|| (d - c) * std::mem::size_of::<V>());
-        // SAFETY: the strip covers columns c..c + w·N <= d of every row (and the scale after
-        // column d); L's features are on.
+        // SAFETY: the strip covers columns c..c + w·N <= d of every row; L's features are on.
         unsafe {
             match w {
-                16 => strip::<L, V, 16, Q>(acc, probs, tokens, rows, copy, stride, stream, at),
-                8 => strip::<L, V, 8, Q>(acc, probs, tokens, rows, copy, stride, stream, at),
-                4 => strip::<L, V, 4, Q>(acc, probs, tokens, rows, copy, stride, stream, at),
-                2 => strip::<L, V, 2, Q>(acc, probs, tokens, rows, copy, stride, stream, at),
-                _ => strip::<L, V, 1, Q>(acc, probs, tokens, rows, copy, stride, stream, at),
+                16 => strip::<L, V, 16, Q, S>(acc, probs, tokens, rows, copy, stride, stream),
+                8 => strip::<L, V, 8, Q, S>(acc, probs, tokens, rows, copy, stride, stream),
+                4 => strip::<L, V, 4, Q, S>(acc, probs, tokens, rows, copy, stride, stream),
+                2 => strip::<L, V, 2, Q, S>(acc, probs, tokens, rows, copy, stride, stream),
+                _ => strip::<L, V, 1, Q, S>(acc, probs, tokens, rows, copy, stride, stream),
             }
         }
         c += w * L::N;
@@ -300,7 +306,7 @@ fn prob_ptrs<const Q: usize>(probs: &[&[f32]]) -> [*const f32; Q] {
 /// [`super::group_shape`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn group_strips<L: Lanes, V: Row<L>>(
+unsafe fn group_strips<L: Lanes, V: Row<L>, const S: bool>(
     acc: &mut [&mut [f32]],
     d: usize,
     probs: &[&[f32]],
@@ -308,62 +314,67 @@ unsafe fn group_strips<L: Lanes, V: Row<L>>(
     copy: *mut V,
     stride: usize,
     stream: bool,
-    scaled: bool,
 ) -> usize {
     let tokens = probs[0].len();
+    let (r, c) = (rows, copy);
     // SAFETY: forwarded from the caller; the pointers come from slices of the promised lengths.
     unsafe {
         match acc.len() {
-            1 => strips::<L, V, 1>(
+            1 => strips::<L, V, 1, S>(
                 acc_ptrs(acc),
                 d,
                 prob_ptrs(probs),
                 tokens,
-                rows,
-                copy,
+                r,
+                c,
                 stride,
                 stream,
-                scaled,
             ),
-            2 => strips::<L, V, 2>(
+            2 => strips::<L, V, 2, S>(
                 acc_ptrs(acc),
                 d,
                 prob_ptrs(probs),
                 tokens,
-                rows,
-                copy,
+                r,
+                c,
                 stride,
                 stream,
-                scaled,
             ),
-            3 => strips::<L, V, 3>(
+            3 => strips::<L, V, 3, S>(
                 acc_ptrs(acc),
                 d,
                 prob_ptrs(probs),
                 tokens,
-                rows,
-                copy,
+                r,
+                c,
                 stride,
                 stream,
-                scaled,
             ),
-            _ => strips::<L, V, 4>(
+            _ => strips::<L, V, 4, S>(
                 acc_ptrs(acc),
                 d,
                 prob_ptrs(probs),
                 tokens,
-                rows,
-                copy,
+                r,
+                c,
                 stride,
                 stream,
-                scaled,
             ),
         }
     }
 }
 
+/// Rows per pass of [`accumulate_int8`]: their weights times their scales fit on the stack, and
+/// the rows themselves stay in L1 between the scaling pass and the accumulation.
+const INT8_CHUNK: usize = 128;
+
 /// `acc[q][c] += Σ_t weights[q][t] · scale_t · rows[t·(D + 4) + c]` over int8 rows (D values,
-/// then the row's float32 scale) for a group of queries, rows of weight 0 skipped per query.
+/// then the row's float32 scale) for a group of queries, rows of weight 0 adding nothing.
+///
+/// Chunk by chunk, each weight is first multiplied by its row's scale ([`Lanes::scale_weights`];
+/// 0 stays 0, even when the scale is NaN), then the chunk's rows are added with those products:
+/// every row adds, so the hot loop broadcasts each weight straight from memory with no test per
+/// row. The products are those of [`scalar::accumulate_int8`].
 ///
 /// # Safety
 /// Called from code compiled with `L`'s features.
@@ -373,19 +384,32 @@ where
     i8: Row<L>,
 {
     let d = super::group_shape(acc, weights, rows.len(), 4);
-    // SAFETY: L's features are on; rows holds a row of D values and a scale per weight.
-    let c = unsafe {
-        group_strips::<L, i8>(
-            acc,
-            d,
-            weights,
-            rows.as_ptr(),
-            std::ptr::null_mut(),
-            d + 4,
-            false,
-            true,
-        )
-    };
+    let stride = d + 4;
+    let tokens = weights[0].len();
+    let mut scaled = [[0.0f32; INT8_CHUNK]; super::GROUP_MAX];
+    let mut c = 0;
+    for start in (0..tokens).step_by(INT8_CHUNK) {
+        let n = (tokens - start).min(INT8_CHUNK);
+        let chunk = &rows[start * stride..(start + n) * stride];
+        for (out, w) in scaled.iter_mut().zip(weights) {
+            // SAFETY: L's features are on; the chunk holds n rows of `stride` bytes.
+            unsafe { L::scale_weights(&mut out[..n], &w[start..start + n], chunk, stride, d) };
+        }
+        let chunk_weights: [&[f32]; super::GROUP_MAX] = std::array::from_fn(|q| &scaled[q][..n]);
+        // SAFETY: L's features are on; the chunk holds n rows of D values and a scale, each with
+        // a finite weight for every query of the group.
+        c = unsafe {
+            group_strips::<L, i8, false>(
+                acc,
+                d,
+                &chunk_weights[..weights.len()],
+                chunk.as_ptr(),
+                std::ptr::null_mut(),
+                stride,
+                false,
+            )
+        };
+    }
     for (a, w) in acc.iter_mut().zip(weights) {
         scalar::accumulate_int8(a, w, rows, c);
     }
@@ -418,7 +442,7 @@ pub unsafe fn accumulate_rows<L: Lanes, V: Row<L>>(
         && (copy as usize).is_multiple_of(width)
         && (d * std::mem::size_of::<V>()).is_multiple_of(width);
     // SAFETY: L's features are on; rows (and copy) hold probs[q].len() rows of d elements.
-    let c = unsafe { group_strips::<L, V>(acc, d, probs, rows.as_ptr(), copy, d, stream, false) };
+    let c = unsafe { group_strips::<L, V, true>(acc, d, probs, rows.as_ptr(), copy, d, stream) };
     if stream {
         // SAFETY: L's features are on. Streaming stores are weakly ordered: fence them before
         // the pool reports completion.
