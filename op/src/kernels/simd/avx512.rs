@@ -58,18 +58,13 @@ unsafe impl Lanes for Avx512 {
                 t += 16;
             }
         }
-        let rest = &rows[t * stride..];
-        for ((o, &w), row) in out[t..]
-            .iter_mut()
-            .zip(&weights[t..])
-            .zip(rest.chunks_exact(stride))
-        {
-            *o = if w != 0.0 {
-                w * crate::kernels::value::int8_row_scale(&row[..at + 4])
-            } else {
-                0.0
-            };
-        }
+        super::scalar::scale_weights(
+            &mut out[t..],
+            &weights[t..],
+            &rows[t * stride..],
+            stride,
+            at,
+        );
     }
 
     #[inline(always)]

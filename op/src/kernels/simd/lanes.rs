@@ -68,13 +68,7 @@ pub unsafe trait Lanes {
         stride: usize,
         at: usize,
     ) {
-        for ((o, &w), row) in out.iter_mut().zip(weights).zip(rows.chunks_exact(stride)) {
-            *o = if w != 0.0 {
-                w * crate::kernels::value::int8_row_scale(&row[..at + 4])
-            } else {
-                0.0
-            };
-        }
+        scalar::scale_weights(out, weights, rows, stride, at);
     }
 }
 

@@ -88,6 +88,17 @@ pub fn accumulate_rows_int8(acc: &mut [&mut [f32]], weights: &[&[f32]], rows: &[
     }
 }
 
+/// [`super::lanes::Lanes::scale_weights`] one row at a time.
+pub fn scale_weights(out: &mut [f32], weights: &[f32], rows: &[i8], stride: usize, at: usize) {
+    for ((o, &w), row) in out.iter_mut().zip(weights).zip(rows.chunks_exact(stride)) {
+        *o = if w != 0.0 {
+            w * crate::kernels::value::int8_row_scale(&row[..at + 4])
+        } else {
+            0.0
+        };
+    }
+}
+
 /// `acc[c] += Σ_t weights[t] · scale_t · rows[t·(D + 4) + c]` for columns `from..D` of int8 rows
 /// (D values, then the row's float32 scale), skipping rows of weight exactly 0.
 pub fn accumulate_int8(acc: &mut [f32], weights: &[f32], rows: &[i8], from: usize) {
