@@ -310,7 +310,6 @@ unsafe fn group_strips<L: Lanes, V: Row<L>, const S: bool>(
     stream: bool,
 ) -> usize {
     let tokens = probs[0].len();
-    let (r, c) = (rows, copy);
     // SAFETY: forwarded from the caller; the pointers come from slices of the promised lengths.
     unsafe {
         match acc.len() {
@@ -319,8 +318,8 @@ unsafe fn group_strips<L: Lanes, V: Row<L>, const S: bool>(
                 d,
                 prob_ptrs(probs),
                 tokens,
-                r,
-                c,
+                rows,
+                copy,
                 stride,
                 stream,
             ),
@@ -329,8 +328,8 @@ unsafe fn group_strips<L: Lanes, V: Row<L>, const S: bool>(
                 d,
                 prob_ptrs(probs),
                 tokens,
-                r,
-                c,
+                rows,
+                copy,
                 stride,
                 stream,
             ),
@@ -339,8 +338,8 @@ unsafe fn group_strips<L: Lanes, V: Row<L>, const S: bool>(
                 d,
                 prob_ptrs(probs),
                 tokens,
-                r,
-                c,
+                rows,
+                copy,
                 stride,
                 stream,
             ),
@@ -349,8 +348,8 @@ unsafe fn group_strips<L: Lanes, V: Row<L>, const S: bool>(
                 d,
                 prob_ptrs(probs),
                 tokens,
-                r,
-                c,
+                rows,
+                copy,
                 stride,
                 stream,
             ),
