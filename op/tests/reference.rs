@@ -1293,6 +1293,29 @@ fn fully_padded_query_rows_give_zeros_not_nan() {
         .all(|x| x.is_finite() && *x != 0.0));
 }
 
+/// `n` random int8 rows of `d` values, each followed by its float32 scale (little-endian bytes)
+/// from `scale(t, rng)`, drawn after the row's values; and the scales.
+fn int8_rows(
+    rng: &mut Rng,
+    n: usize,
+    d: usize,
+    mut scale: impl FnMut(usize, &mut Rng) -> f32,
+) -> (Vec<i8>, Vec<f32>) {
+    let stride = d + 4;
+    let mut rows8 = vec![0i8; n * stride];
+    let mut scales = vec![0.0f32; n];
+    for t in 0..n {
+        for c in 0..d {
+            rows8[t * stride + c] = (rng.below(255) as i32 - 127) as i8;
+        }
+        scales[t] = scale(t, rng);
+        for (i, byte) in scales[t].to_le_bytes().into_iter().enumerate() {
+            rows8[t * stride + d + i] = byte as i8;
+        }
+    }
+    (rows8, scales)
+}
+
 /// The SIMD paths against the scalar reference on random blocks: every row width up to 67 and a
 /// few wide ones (column tails and strips), zero weights over NaN rows (skipped, not multiplied),
 /// the copy (exact), and streaming stores on aligned and unaligned destinations.
@@ -1363,21 +1386,13 @@ fn simd_value_accumulation_matches_scalar() {
         // Int8 rows (D values, then the row's float32 scale as four bytes) against an f64 sum
         // written here; the masked row's scale is NaN and must not leak.
         let stride = d + 4;
-        let mut rows8 = vec![0i8; n * stride];
-        let mut scales = vec![0.0f32; n];
-        for t in 0..n {
-            for c in 0..d {
-                rows8[t * stride + c] = (rng.below(255) as i32 - 127) as i8;
-            }
-            scales[t] = if n > 2 && t == 1 {
+        let (rows8, scales) = int8_rows(&mut rng, n, d, |t, rng| {
+            if n > 2 && t == 1 {
                 f32::NAN
             } else {
                 rng.uniform().abs() * 0.05
-            };
-            for (i, byte) in scales[t].to_le_bytes().into_iter().enumerate() {
-                rows8[t * stride + d + i] = byte as i8;
             }
-        }
+        });
         let mut a = start.clone();
         let mut copy8 = vec![0i8; n * stride];
         simd::accumulate_rows_int8(&mut [&mut a], &[&probs], &rows8, Some(&mut copy8));
@@ -1409,20 +1424,15 @@ fn int8_value_accumulation_over_long_blocks() {
         for &d in &[64usize, 16, 40] {
             for q_n in 1..=simd::GROUP_MAX {
                 let stride = d + 4;
-                let mut rows8 = vec![0i8; n * stride];
-                let mut scales = vec![0.0f32; n];
                 let mut probs: Vec<Vec<f32>> = (0..q_n)
                     .map(|_| (0..n).map(|_| rng.uniform().abs()).collect())
                     .collect();
+                let (rows8, scales) = int8_rows(&mut rng, n, d, |t, rng| match t % 37 {
+                    5 => f32::NAN,
+                    6 => f32::INFINITY,
+                    _ => rng.uniform().abs() * 0.05,
+                });
                 for t in 0..n {
-                    for c in 0..d {
-                        rows8[t * stride + c] = (rng.below(255) as i32 - 127) as i8;
-                    }
-                    scales[t] = match t % 37 {
-                        5 => f32::NAN,
-                        6 => f32::INFINITY,
-                        _ => rng.uniform().abs() * 0.05,
-                    };
                     if t % 37 == 5 || t % 37 == 6 {
                         for p in probs.iter_mut() {
                             p[t] = 0.0;
@@ -1430,9 +1440,6 @@ fn int8_value_accumulation_over_long_blocks() {
                     }
                     if t % 11 == 3 {
                         probs[0][t] = 0.0;
-                    }
-                    for (i, byte) in scales[t].to_le_bytes().into_iter().enumerate() {
-                        rows8[t * stride + d + i] = byte as i8;
                     }
                 }
                 let starts: Vec<Vec<f32>> = (0..q_n).map(|_| rng.vec(d, 1.0)).collect();
@@ -1584,21 +1591,13 @@ fn grouped_value_accumulation_matches_per_query_sums() {
                 .all(|(x, y)| x.to_bits() == y.to_bits()));
 
             let stride = d + 4;
-            let mut rows8 = vec![0i8; n * stride];
-            let mut scales = vec![0.0f32; n];
-            for t in 0..n {
-                for c in 0..d {
-                    rows8[t * stride + c] = (rng.below(255) as i32 - 127) as i8;
-                }
-                scales[t] = if n > 2 && t == 1 {
+            let (rows8, scales) = int8_rows(&mut rng, n, d, |t, rng| {
+                if n > 2 && t == 1 {
                     f32::NAN
                 } else {
                     rng.uniform().abs() * 0.05
-                };
-                for (i, byte) in scales[t].to_le_bytes().into_iter().enumerate() {
-                    rows8[t * stride + d + i] = byte as i8;
                 }
-            }
+            });
             let mut copy8 = vec![0i8; n * stride];
             let got =
                 run(&mut |acc| simd::accumulate_rows_int8(acc, &weights, &rows8, Some(&mut copy8)));

@@ -310,49 +310,27 @@ unsafe fn group_strips<L: Lanes, V: Row<L>, const S: bool>(
     stream: bool,
 ) -> usize {
     let tokens = probs[0].len();
+    macro_rules! with_queries {
+        ($q:literal) => {
+            strips::<L, V, $q, S>(
+                acc_ptrs(acc),
+                d,
+                prob_ptrs(probs),
+                tokens,
+                rows,
+                copy,
+                stride,
+                stream,
+            )
+        };
+    }
     // SAFETY: forwarded from the caller; the pointers come from slices of the promised lengths.
     unsafe {
         match acc.len() {
-            1 => strips::<L, V, 1, S>(
-                acc_ptrs(acc),
-                d,
-                prob_ptrs(probs),
-                tokens,
-                rows,
-                copy,
-                stride,
-                stream,
-            ),
-            2 => strips::<L, V, 2, S>(
-                acc_ptrs(acc),
-                d,
-                prob_ptrs(probs),
-                tokens,
-                rows,
-                copy,
-                stride,
-                stream,
-            ),
-            3 => strips::<L, V, 3, S>(
-                acc_ptrs(acc),
-                d,
-                prob_ptrs(probs),
-                tokens,
-                rows,
-                copy,
-                stride,
-                stream,
-            ),
-            _ => strips::<L, V, 4, S>(
-                acc_ptrs(acc),
-                d,
-                prob_ptrs(probs),
-                tokens,
-                rows,
-                copy,
-                stride,
-                stream,
-            ),
+            1 => with_queries!(1),
+            2 => with_queries!(2),
+            3 => with_queries!(3),
+            _ => with_queries!(4),
         }
     }
 }
